@@ -1,0 +1,1 @@
+"""Command-line interface: a thin skin over the public API in ``bnfold``."""

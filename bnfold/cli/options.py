@@ -1,0 +1,60 @@
+"""Option groups shared by several commands (input shapes, input files, sampling)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+
+def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """Parse ``NAME:1x3x224x224`` (the name may itself contain ':'; the last one splits)."""
+    name, sep, dims = text.rpartition(":")
+    if not sep or not name or not dims:
+        raise click.BadParameter(f"expected NAME:DIMS such as input:1x3x224x224, got {text!r}")
+    try:
+        shape = tuple(int(d) for d in dims.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"dimensions must be integers joined by 'x', got {dims!r}") from None
+    if any(d < 0 for d in shape):
+        raise click.BadParameter(f"dimensions must be >= 0, got {dims!r}")
+    return name, shape
+
+
+def parse_range(text: str | None) -> tuple[float, float] | None:
+    """Parse ``LOW,HIGH`` for uniform float inputs."""
+    if text is None:
+        return None
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected LOW,HIGH such as 0,1, got {text!r}") from None
+    if not low < high:
+        raise click.BadParameter(f"LOW must be below HIGH, got {text!r}")
+    return low, high
+
+
+def _shapes_callback(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> dict:
+    return dict(parse_input_shape(v) for v in values)
+
+
+def _range_callback(_ctx: click.Context, _param: click.Parameter, value: str | None):
+    return parse_range(value)
+
+
+def input_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--input-shape, --inputs, --samples, --seed, --range: how models are fed when run."""
+    options = [
+        click.option("--input-shape", "input_shapes", multiple=True, callback=_shapes_callback,
+                     metavar="NAME:DIMS", help="Shape for an input with symbolic dims, e.g. x:1x3x224x224 (repeatable)."),
+        click.option("--inputs", "inputs", type=click.Path(exists=True, dir_okay=True), default=None,
+                     help="An .npz file (keys = input names) or a folder of .npz files, one sample each."),
+        click.option("--samples", type=click.IntRange(min=1), default=2, show_default=True,
+                     help="Random input samples to run."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed for random inputs."),
+        click.option("--range", "value_range", callback=_range_callback, default=None, metavar="LOW,HIGH",
+                     help="Draw float inputs uniformly from [LOW, HIGH) instead of a standard normal."),
+    ]
+    return functools.reduce(lambda f, opt: opt(f), reversed(options), func)
