@@ -30,18 +30,20 @@ __all__ = [
 
 def __getattr__(name: str):
     # Imported on first use so `import bnfold` stays cheap and the CLI starts fast.
+    # Submodules are named apart from the functions (optimizer vs optimize) so that importing a
+    # submodule never shadows the function of the same name on the package.
     if name in ("optimize", "OptimizeResult", "FoldReport"):
-        from bnfold import optimize as _m
-        return getattr(_m, {"optimize": "optimize_model"}.get(name, name))
+        from bnfold import optimizer as _m
+        return getattr(_m, name)
     if name in ("verify", "VerifyReport"):
-        from bnfold import verify as _m
+        from bnfold import verification as _m
         return getattr(_m, name)
     if name in ("benchmark", "BenchReport"):
         from bnfold import bench as _m
         return getattr(_m, name)
     if name in ("inspect", "InspectReport"):
-        from bnfold import inspect as _m
-        return getattr(_m, {"inspect": "inspect_model"}.get(name, name))
+        from bnfold import inspection as _m
+        return getattr(_m, name)
     if name == "Reason":
         from bnfold.reasons import Reason
         return Reason
