@@ -1,0 +1,121 @@
+"""Pure float64 fold arithmetic. No ONNX types here: arrays in, arrays out.
+
+A BatchNormalization in inference mode is the per-channel affine map
+
+    y = scale * x + shift,   scale = gamma / sqrt(var + eps),   shift = beta - mean * scale
+
+Every fold below composes that map with a linear layer in float64; callers round once
+to the weight dtype with :func:`cast_checked`, which refuses overflow and underflow.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+F64 = np.float64
+
+
+def bn_scale_shift(gamma, beta, mean, var, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """Return (scale, shift) of an inference-mode BatchNormalization, in float64."""
+    gamma, beta, mean, var = (np.asarray(a, dtype=F64) for a in (gamma, beta, mean, var))
+    scale = gamma / np.sqrt(var + F64(eps))
+    return scale, beta - mean * scale
+
+
+def _channel_view(vector: np.ndarray, ndim: int, axis: int) -> np.ndarray:
+    shape = [1] * ndim
+    shape[axis] = vector.shape[0]
+    return vector.reshape(shape)
+
+
+def fold_into_conv(weight, bias, scale, shift) -> tuple[np.ndarray, np.ndarray]:
+    """Conv then affine: W'[o] = W[o] * s[o];  b' = b * s + t.  Weight is [C_out, C_in/g, k...]."""
+    w = np.asarray(weight, dtype=F64)
+    b = np.zeros(w.shape[0], dtype=F64) if bias is None else np.asarray(bias, dtype=F64)
+    return w * _channel_view(scale, w.ndim, 0), b * scale + shift
+
+
+def fold_into_conv_transpose(weight, bias, scale, shift, group: int) -> tuple[np.ndarray, np.ndarray]:
+    """ConvTranspose then affine. Weight is [C_in, C_out/g, k...]; output channel o = g_idx*(C_out/g) + j."""
+    w = np.asarray(weight, dtype=F64)
+    c_in, c_per_group = w.shape[0], w.shape[1]
+    grouped = w.reshape((group, c_in // group, c_per_group) + w.shape[2:])
+    s = scale.reshape((group, 1, c_per_group) + (1,) * (w.ndim - 2))
+    b = np.zeros(group * c_per_group, dtype=F64) if bias is None else np.asarray(bias, dtype=F64)
+    return (grouped * s).reshape(w.shape), b * scale + shift
+
+
+def fold_into_gemm(b_matrix, c, scale, shift, *, trans_b: bool, beta: float) -> tuple[np.ndarray, np.ndarray]:
+    """Gemm (Y = alpha*A*B' + beta*C) then affine on columns.
+
+    Returns (B'', C'') for a Gemm with the same alpha and beta = 1:
+    B'' scales B' column-wise; C'' = beta * C * s + t (broadcast to at least [N]).
+    """
+    b = np.asarray(b_matrix, dtype=F64)
+    b_scaled = b * (scale[:, None] if trans_b else scale[None, :])
+    c64 = np.zeros(1, dtype=F64) if c is None else np.asarray(c, dtype=F64)
+    return b_scaled, F64(beta) * c64 * scale + shift if c is not None else shift.copy()
+
+
+def fold_into_matmul(weight, scale, shift, *, channel_axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """MatMul with a constant operand whose free axis is the channel: scale that axis; shift becomes a bias."""
+    w = np.asarray(weight, dtype=F64)
+    return w * _channel_view(scale, w.ndim, channel_axis), shift.copy()
+
+
+def fold_into_following_conv(weight, bias, scale, shift, group: int) -> tuple[np.ndarray, np.ndarray]:
+    """Affine then Conv (no padding): W'[o,i] = W[o,i] * s[c(o,i)];  b'[o] = b[o] + sum_{i,k} W[o,i,k] * t[c(o,i)].
+
+    Weight is [C_out, C_in/g, k...]; input channel c(o, i) = (o // (C_out/g)) * (C_in/g) + i.
+    """
+    w = np.asarray(weight, dtype=F64)
+    c_out, c_in_per_group = w.shape[0], w.shape[1]
+    per_group_out = c_out // group
+    s = scale.reshape(group, c_in_per_group)
+    t = shift.reshape(group, c_in_per_group)
+    grouped = w.reshape((group, per_group_out, c_in_per_group) + w.shape[2:])
+    spatial = (1,) * (w.ndim - 2)
+    w_new = grouped * s.reshape((group, 1, c_in_per_group) + spatial)
+    summed = grouped.reshape(group, per_group_out, c_in_per_group, -1).sum(axis=3)  # sum over kernel
+    bias_extra = np.einsum("gpi,gi->gp", summed, t).reshape(c_out)
+    b = np.zeros(c_out, dtype=F64) if bias is None else np.asarray(bias, dtype=F64)
+    return w_new.reshape(w.shape), b + bias_extra
+
+
+def affine_of_op(op: str, const, *, const_first: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, shift) of an elementwise Mul/Add/Sub/Div by a constant, in float64.
+
+    ``const_first`` means the constant is the left operand (c - x, c * x); ``c / x`` is not affine.
+    """
+    c = np.asarray(const, dtype=F64)
+    one, zero = np.ones_like(c), np.zeros_like(c)
+    if op == "Mul":
+        return c, zero
+    if op == "Add":
+        return one, c
+    if op == "Sub":
+        return (-one, c) if const_first else (one, -c)
+    if op == "Div" and not const_first:
+        return 1.0 / c, zero
+    raise ValueError(f"{op} with the constant {'first' if const_first else 'second'} is not affine")
+
+
+def cast_checked(values: np.ndarray, dtype: np.dtype, *, reference: np.ndarray | None = None,
+                 scale: np.ndarray | None = None, channel_axis: int = 0) -> tuple[np.ndarray | None, str | None]:
+    """Round float64 *values* once to *dtype*. Returns (array, None) or (None, "overflow"|"underflow").
+
+    Overflow: a finite float64 value becomes inf. Underflow: a channel (along *channel_axis*) whose
+    *reference* weights and *scale* are non-zero rounds to all zeros.
+    """
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        rounded = values.astype(dtype)
+    finite_before = np.isfinite(values)
+    if not np.array_equal(np.isfinite(rounded.astype(F64)), finite_before):
+        return None, "overflow"
+    if reference is not None and scale is not None:
+        axes = tuple(a for a in range(values.ndim) if a != channel_axis)
+        had = np.any(np.asarray(reference) != 0, axis=axes) & (np.asarray(scale) != 0)
+        now = np.any(rounded != 0, axis=axes)
+        if np.any(had & ~now):
+            return None, "underflow"
+    return rounded, None

@@ -1,0 +1,162 @@
+"""The fold driver: visit every graph (subgraphs included), try the rules in registry order at each
+anchor node, rewrite the first plan, and repeat until a pass changes nothing (with a cap).
+
+It records every applied fold and, from the last (quiet) pass, every site left in place with its
+reason. ``exclude`` names sites (``graph:anchor-output``) that must not fold: verification uses it
+to revert exactly the folds that failed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import onnx
+
+from bnfold.graph import GraphIndex, NameAllocator, subgraphs
+from bnfold.ranks import RankOracle
+from bnfold.reasons import Reason
+from bnfold.rules import Plan, Refusal, Rule
+
+MAX_PASSES = 16
+BN = "BatchNormalization"
+
+
+@dataclass(frozen=True)
+class AppliedFold:
+    rule: str
+    graph: str
+    node: str  # the removed anchor (BatchNormalization or Mul/Add/Sub/Div)
+    op_type: str
+    target: str  # the node that absorbed it
+    target_op: str
+    output: str  # tensor whose value is unchanged by the fold (checked by verification)
+    key: str
+
+
+@dataclass(frozen=True)
+class RefusedSite:
+    graph: str
+    node: str
+    op_type: str
+    reason: Reason
+    sentence: str
+    detail: str
+    rule: str | None
+    attempts: tuple[tuple[str, str], ...] = ()
+    key: str = ""
+
+
+@dataclass
+class FoldOutcome:
+    applied: list[AppliedFold] = field(default_factory=list)
+    refused: list[RefusedSite] = field(default_factory=list)
+    tensor_map: dict[str, str | None] = field(default_factory=dict)
+    passes: int = 0
+
+
+def ai_onnx_opset(model: onnx.ModelProto) -> int:
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return entry.version
+    return 1
+
+
+def graph_indexes(model: onnx.ModelProto) -> Iterator[GraphIndex]:
+    """Indexes for the main graph and every subgraph, parents before children."""
+    names, ranks, opset = NameAllocator(model), RankOracle(model), ai_onnx_opset(model)
+    pending = [GraphIndex(model.graph, label="main", opset=opset, names=names, ranks=ranks)]
+    while pending:
+        index = pending.pop(0)
+        yield index
+        for node in index.graph.node:
+            for attr_name, sub in subgraphs(node):
+                label = f"{index.label}/{node.name or node.op_type}.{attr_name}"
+                pending.append(GraphIndex(sub, label=label, opset=opset, names=names, parent=index, ranks=ranks))
+
+
+def fold_model(model: onnx.ModelProto, rules: Sequence[Rule], *, disabled: Sequence[Rule] = (),
+               exclude: frozenset[str] = frozenset()) -> FoldOutcome:
+    """Fold *model* in place to a fixed point; return what was done and what was left, and why."""
+    outcome = FoldOutcome()
+    for index in graph_indexes(model):
+        _fold_graph(index, rules, disabled, exclude, outcome)
+    return outcome
+
+
+def _fold_graph(g: GraphIndex, rules, disabled, exclude, outcome: FoldOutcome) -> None:
+    for _ in range(MAX_PASSES):
+        outcome.passes += 1
+        refused: list[RefusedSite] = []
+        changed = False
+        for node in list(g.graph.node):
+            if not _still_in_graph(g, node):
+                continue
+            key = f"{g.label}:{node.output[0] if node.output else node.name}"
+            rule, result = _first_plan(g, node, rules, disabled, exclude, key)
+            if isinstance(result, Plan):
+                _apply(g, rule, result, key, outcome)
+                changed = True
+            elif result is not None:
+                refused.append(result)
+        if not changed:
+            outcome.refused.extend(refused)
+            return
+    outcome.refused.extend(refused)
+
+
+def _still_in_graph(g: GraphIndex, node: onnx.NodeProto) -> bool:
+    return any(out and g.producer.get(out) is node for out in node.output)
+
+
+def _first_plan(g, node, rules, disabled, exclude, key) -> tuple[Rule | None, Plan | RefusedSite | None]:
+    attempts: list[tuple[str, Refusal]] = []
+    for rule in rules:
+        if node.op_type not in rule.anchor_ops:
+            continue
+        result = rule.match(g, node)
+        if isinstance(result, Plan):
+            if key not in exclude:
+                return rule, result
+            result = Refusal(Reason.REVERTED_BY_VERIFICATION, "reverted after failing verification")
+        if isinstance(result, Refusal):
+            attempts.append((rule.name, result))
+    for rule in disabled:
+        if node.op_type in rule.anchor_ops and isinstance(rule.match(g, node), Plan):
+            attempts.append((rule.name, Refusal(Reason.RULE_DISABLED, f"rule {rule.name} is disabled")))
+    return None, _refusal(g, node, attempts, key)
+
+
+def _refusal(g: GraphIndex, node, attempts, key) -> RefusedSite | None:
+    if not attempts:
+        if node.op_type != BN:
+            return None  # an ordinary Add/Mul, not a candidate
+        producer = g.producer.get(node.input[0])
+        readers = ", ".join(sorted({n.op_type for n in g.readers(node.output[0])})) or "none"
+        detail = f"producer {producer.op_type if producer else 'graph input'}, readers {readers}"
+        return _site(g, node, Refusal(Reason.NO_FOLDABLE_NEIGHBOUR, detail), None, (), key)
+    priority = (Reason.REVERTED_BY_VERIFICATION, Reason.RULE_DISABLED)
+    chosen = next((a for p in priority for a in attempts if a[1].reason is p), attempts[0])
+    listed = tuple((name, refusal.reason.value) for name, refusal in attempts)
+    return _site(g, node, chosen[1], chosen[0], listed, key)
+
+
+def _site(g, node, refusal: Refusal, rule, attempts, key) -> RefusedSite:
+    return RefusedSite(graph=g.label, node=node.name or node.output[0], op_type=node.op_type,
+                       reason=refusal.reason, sentence=refusal.reason.sentence, detail=refusal.detail,
+                       rule=rule, attempts=attempts, key=key)
+
+
+def _apply(g: GraphIndex, rule: Rule, plan: Plan, key: str, outcome: FoldOutcome) -> None:
+    anchor, target = plan.anchor, plan.target
+    record = AppliedFold(rule=rule.name, graph=g.label, node=anchor.name or anchor.output[0],
+                         op_type=anchor.op_type, target=target.name or target.output[0],
+                         target_op=target.op_type, output=plan.surviving_output, key=key)
+    rule.rewrite(g, plan)
+    g.refresh()
+    outcome.applied.append(record)
+    for removed, surviving in plan.removed_tensors.items():
+        for earlier, value in outcome.tensor_map.items():
+            if value == removed:
+                outcome.tensor_map[earlier] = surviving
+        outcome.tensor_map[removed] = surviving

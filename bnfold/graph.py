@@ -1,0 +1,202 @@
+"""A read-mostly index over one GraphProto, plus the few edits folding rules need.
+
+The index answers: who produces a tensor, who reads it (subgraph references included),
+is it a graph output, is it a load-time constant (and if not, why). Subgraphs of If/Loop/Scan
+get their own index whose constant lookups fall through to the enclosing graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from bnfold.constants import CONSTANT_OPS, evaluate_node
+from bnfold.reasons import Reason
+
+FLOAT_DTYPES = frozenset({np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)})
+
+
+def subgraphs(node: onnx.NodeProto) -> Iterator[tuple[str, onnx.GraphProto]]:
+    """(attribute name, graph) for every graph attribute of *node*."""
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            yield attr.name, attr.g
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            for i, g in enumerate(attr.graphs):
+                yield f"{attr.name}[{i}]", g
+
+
+def names_used_inside(graph: onnx.GraphProto) -> set[str]:
+    """Every tensor name read anywhere inside *graph* (recursively): outer-scope references among them."""
+    used: set[str] = set()
+    for node in graph.node:
+        used.update(n for n in node.input if n)
+        for _, sub in subgraphs(node):
+            used |= names_used_inside(sub)
+    used.update(o.name for o in graph.output)
+    return used
+
+
+def all_names(graph: onnx.GraphProto) -> set[str]:
+    """Every tensor and node name in *graph* and its subgraphs, for collision-free new names."""
+    names = {i.name for i in graph.initializer} | {i.name for i in graph.input} | {o.name for o in graph.output}
+    names |= {v.name for v in graph.value_info}
+    for node in graph.node:
+        names.update(node.input)
+        names.update(node.output)
+        names.add(node.name)
+        for _, sub in subgraphs(node):
+            names |= all_names(sub)
+    names.discard("")
+    return names
+
+
+def is_float_dtype(dtype: np.dtype) -> bool:
+    return np.dtype(dtype) in FLOAT_DTYPES or np.dtype(dtype).name == "bfloat16"
+
+
+@dataclass(frozen=True)
+class ConstLookup:
+    """A constant's value, or why it isn't one."""
+
+    value: np.ndarray | None
+    reason: Reason | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.value is not None
+
+
+class NameAllocator:
+    """Hands out tensor names that collide with nothing in the model, subgraphs included."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self._taken = all_names(model.graph)
+        for fn in model.functions:
+            self._taken.update(n for node in fn.node for n in list(node.input) + list(node.output))
+
+    def fresh(self, base: str) -> str:
+        name, i = base, 1
+        while name in self._taken:
+            name, i = f"{base}_{i}", i + 1
+        self._taken.add(name)
+        return name
+
+
+class GraphIndex:
+    """Producer/consumer maps and constant lookups for one graph; rebuilt with :meth:`refresh`."""
+
+    def __init__(self, graph: onnx.GraphProto, *, label: str, opset: int, names: NameAllocator,
+                 parent: GraphIndex | None = None, ranks=None) -> None:
+        self.graph, self.label, self.opset, self.names, self.parent = graph, label, opset, names, parent
+        self.ranks = ranks  # a RankOracle shared by the whole model, or None
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Rebuild the maps after an edit (cheap: one pass over the node list)."""
+        g = self.graph
+        self.initializers = {t.name: t for t in g.initializer}
+        self.inputs = {i.name for i in g.input}
+        self.outputs = {o.name for o in g.output}
+        self.producer: dict[str, onnx.NodeProto] = {}
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        for node in g.node:
+            for out in node.output:
+                if out:
+                    self.producer[out] = node
+            reads = {n for n in node.input if n}
+            for _, sub in subgraphs(node):
+                reads |= names_used_inside(sub)
+            for name in reads:
+                self.consumers.setdefault(name, []).append(node)
+        self._cache: dict[str, ConstLookup] = {}
+
+    # ---- questions -------------------------------------------------------------------------
+    def readers(self, name: str) -> list[onnx.NodeProto]:
+        return self.consumers.get(name, [])
+
+    def is_graph_output(self, name: str) -> bool:
+        return name in self.outputs
+
+    def only_reader(self, name: str, node: onnx.NodeProto) -> bool:
+        """True when *node* is the single reader of *name* (once) and *name* is no graph output."""
+        readers = self.readers(name)
+        return (not self.is_graph_output(name) and len(readers) == 1 and readers[0] is node
+                and list(node.input).count(name) == 1)
+
+    def rank(self, name: str) -> int | None:
+        return None if self.ranks is None else self.ranks.rank(name)
+
+    def constant(self, name: str) -> ConstLookup:
+        """The load-time value of *name*, looking through constant-only subgraphs and outer scopes."""
+        if name not in self._cache:
+            self._cache[name] = self._lookup(name)
+        return self._cache[name]
+
+    def _lookup(self, name: str) -> ConstLookup:
+        if name in self.initializers:
+            if name in self.inputs:
+                return ConstLookup(None, Reason.OVERRIDABLE_INITIALIZER)
+            return ConstLookup(numpy_helper.to_array(self.initializers[name]))
+        if name in self.inputs:
+            return ConstLookup(None, Reason.WEIGHT_NOT_CONSTANT)
+        node = self.producer.get(name)
+        if node is not None:
+            return self._evaluate(node, name)
+        if self.parent is not None:
+            return self.parent.constant(name)
+        return ConstLookup(None, Reason.WEIGHT_NOT_CONSTANT)
+
+    def _evaluate(self, node: onnx.NodeProto, name: str) -> ConstLookup:
+        if node.op_type not in CONSTANT_OPS or list(node.output).index(name) != 0:
+            return ConstLookup(None, Reason.WEIGHT_NOT_CONSTANT)
+        args = []
+        for inp in node.input:
+            if not inp:
+                continue
+            found = self.constant(inp)
+            if not found.ok:
+                return found
+            args.append(found.value)
+        value = evaluate_node(node, args, self.opset)
+        return ConstLookup(value) if value is not None else ConstLookup(None, Reason.WEIGHT_NOT_CONSTANT)
+
+    # ---- edits -------------------------------------------------------------------------------
+    def set_constant_input(self, node: onnx.NodeProto, slot: int, value: np.ndarray, role: str) -> None:
+        """Make input *slot* of *node* the constant *value*, never touching a tensor others read.
+
+        An initializer or Constant node read only by *node* is updated in place (its name kept);
+        anything else gets a fresh, collision-free initializer in this graph.
+        """
+        name = node.input[slot] if slot < len(node.input) else ""
+        if name and self.only_reader(name, node):
+            if name in self.initializers and name not in self.inputs:
+                self.initializers[name].CopyFrom(numpy_helper.from_array(value, name))
+                return
+            producer = self.producer.get(name)
+            if producer is not None and producer.op_type == "Constant" and self.only_reader(name, node):
+                del producer.attribute[:]
+                producer.attribute.append(onnx.helper.make_attribute("value", numpy_helper.from_array(value)))
+                return
+        new_name = self.names.fresh(f"{node.name or node.output[0]}_{role}")
+        self.graph.initializer.append(numpy_helper.from_array(value, new_name))
+        while len(node.input) <= slot:
+            node.input.append("")
+        node.input[slot] = new_name
+
+    def remove_node(self, node: onnx.NodeProto) -> None:
+        for i, candidate in enumerate(self.graph.node):
+            if candidate is node:
+                del self.graph.node[i]
+                return
+        raise ValueError(f"node {node.name!r} is not in graph {self.label}")
+
+    def position(self, node: onnx.NodeProto) -> int:
+        for i, candidate in enumerate(self.graph.node):
+            if candidate is node:
+                return i
+        raise ValueError(f"node {node.name!r} is not in graph {self.label}")

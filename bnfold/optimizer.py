@@ -1,0 +1,193 @@
+"""``bnfold.optimize``: fold, clean up, verify in onnxruntime, revert folds that fail, report.
+
+The library never prints or exits: failures raise typed errors, everything else is in the report.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import onnx
+
+from bnfold import __version__
+from bnfold.cleanup import clean_graph
+from bnfold.errors import InputSpecError, UsageError, VerificationFailed
+from bnfold.folding import AppliedFold, FoldOutcome, RefusedSite, fold_model
+from bnfold.report import SCHEMA_VERSION, ReportMixin
+from bnfold.rules import RULE_NAMES, RULES, Rule
+from bnfold.stats import ModelStats, model_stats
+
+MAX_REVERTS = 16
+
+
+@dataclass(frozen=True)
+class RevertedFold:
+    rule: str
+    graph: str
+    node: str
+    output: str
+    error_vs_magnitude: float
+    max_abs_error: float
+
+
+@dataclass(frozen=True)
+class VerificationSummary:
+    status: str  # "passed" | "failed" | "skipped" | "not_verified" | "unchanged"
+    message: str = ""
+    details: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class FoldReport(ReportMixin):
+    """What optimize did, what it left, and why. JSON via ``to_json()``."""
+
+    rules: tuple[str, ...]
+    applied: tuple[AppliedFold, ...]
+    refused: tuple[RefusedSite, ...]
+    reverted: tuple[RevertedFold, ...]
+    tensor_map: dict[str, str | None]
+    before: ModelStats
+    after: ModelStats
+    passes: int
+    fold_seconds: float
+    verification: VerificationSummary
+    schema_version: int = SCHEMA_VERSION
+    bnfold_version: str = __version__
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.applied)
+
+
+@dataclass(frozen=True)
+class OptimizeResult:
+    """The folded model and its report. ``serialized`` holds the verified bytes when verification ran."""
+
+    model: onnx.ModelProto
+    report: FoldReport
+    verification: Any | None = None  # bnfold.verification.VerifyReport
+    serialized: bytes | None = field(default=None, repr=False, compare=False)
+
+
+def select_rules(rules: Sequence[str] | None, skip_rules: Sequence[str] | None) -> tuple[list[Rule], list[Rule]]:
+    """(enabled, disabled) rules in registry order; unknown names raise UsageError."""
+    if rules is not None and skip_rules is not None:
+        raise UsageError("use either rules or skip_rules, not both")
+    named = set(rules or ()) | set(skip_rules or ())
+    unknown = sorted(named - set(RULE_NAMES))
+    if unknown:
+        raise UsageError(f"unknown rule(s) {', '.join(unknown)}; known: {', '.join(RULE_NAMES)}")
+    wanted = set(RULE_NAMES) if rules is None else set(rules)
+    wanted -= set(skip_rules or ())
+    return [r for r in RULES if r.name in wanted], [r for r in RULES if r.name not in wanted]
+
+
+def _load(model_or_path: onnx.ModelProto | str | os.PathLike) -> tuple[onnx.ModelProto, Any]:
+    """(a model we may mutate, the reference to verify against)."""
+    if isinstance(model_or_path, onnx.ModelProto):
+        work = onnx.ModelProto()
+        work.CopyFrom(model_or_path)
+        return work, model_or_path
+    from bnfold.io import load_model
+
+    return load_model(model_or_path), os.fspath(model_or_path)
+
+
+def _fold(model: onnx.ModelProto, enabled, disabled, exclude) -> FoldOutcome:
+    outcome = fold_model(model, enabled, disabled=disabled, exclude=exclude)
+    clean_graph(model.graph)
+    return outcome
+
+
+def optimize(model_or_path: onnx.ModelProto | str | os.PathLike, *, rules: Sequence[str] | None = None,
+             skip_rules: Sequence[str] | None = None, verify: bool = True, revert: bool = True,
+             strict: bool = False, force: bool = False, inputs: str | os.PathLike | None = None,
+             input_shapes: Mapping[str, Sequence[int]] | None = None, samples: int = 2, seed: int = 0,
+             value_range: tuple[float, float] | None = None, atol: float | None = None,
+             rtol: float | None = None, provider: str = "cpu") -> OptimizeResult:
+    """Fold every BatchNormalization (and affine chain) that folds exactly; verify; report.
+
+    A ModelProto argument is never modified (a copy is folded). With ``verify`` (default) the result is
+    checked in onnxruntime against the original, including the output tensor of every fold; a fold whose
+    tensor diverges is reverted (``revert``) and the rest re-checked. If outputs still differ,
+    VerificationFailed is raised unless ``force``. If onnxruntime rejects the default input shapes, the
+    result is returned marked "not_verified" (or VerificationFailed with ``strict``).
+    """
+    enabled, disabled = select_rules(rules, skip_rules)
+    model, reference = _load(model_or_path)
+    before = model_stats(model)
+    started = time.perf_counter()
+    outcome = _fold(model, enabled, disabled, frozenset())
+    fold_seconds = time.perf_counter() - started
+    check = dict(inputs=inputs, input_shapes=input_shapes, samples=samples, seed=seed, value_range=value_range,
+                 atol=atol, rtol=rtol, provider=provider)
+    reverted: list[RevertedFold] = []
+    verification, serialized, summary = None, None, VerificationSummary("skipped", "verification disabled")
+    if verify and not outcome.applied:
+        summary = VerificationSummary("unchanged", "nothing was folded")
+    elif verify:
+        model, outcome, verification, serialized, summary = _verify_and_revert(
+            model, outcome, model_or_path, reference, enabled, disabled, check, revert, reverted)
+    report = FoldReport(rules=tuple(r.name for r in enabled), applied=tuple(outcome.applied),
+                        refused=tuple(outcome.refused), reverted=tuple(reverted), tensor_map=outcome.tensor_map,
+                        before=before, after=model_stats(model), passes=outcome.passes,
+                        fold_seconds=round(fold_seconds, 6), verification=summary)
+    result = OptimizeResult(model=model, report=report, verification=verification, serialized=serialized)
+    _raise_on_failure(result, strict=strict, force=force)
+    return result
+
+
+def _raise_on_failure(result: OptimizeResult, *, strict: bool, force: bool) -> None:
+    status = result.report.verification.status
+    if status == "failed" and not force:
+        raise VerificationFailed(f"verification failed: {result.report.verification.message}", result.report)
+    if status == "not_verified" and strict:
+        raise VerificationFailed(f"not verified (--strict): {result.report.verification.message}", result.report)
+
+
+def _verify_and_revert(model, outcome, source, reference, enabled, disabled, check, revert, reverted):
+    """Verify; while a fold's own tensor diverges, re-fold without it (most upstream first)."""
+    from bnfold.verification import verify as run_verify
+
+    exclude: set[str] = set()
+    for _ in range(MAX_REVERTS + 1):
+        serialized = model.SerializeToString()
+        try:
+            report = run_verify(reference, serialized, check_tensors=[a.output for a in outcome.applied], **check)
+        except InputSpecError as exc:
+            return model, outcome, None, serialized, VerificationSummary("not_verified", str(exc))
+        if report.passed:
+            return model, outcome, report, serialized, VerificationSummary("passed", "", report.to_dict())
+        bad = _first_failing_fold(outcome.applied, report)
+        if bad is None or not revert or len(exclude) >= MAX_REVERTS:
+            return model, outcome, report, serialized, VerificationSummary(
+                "failed", _failure_message(report), report.to_dict())
+        fold, tensor = bad
+        reverted.append(RevertedFold(rule=fold.rule, graph=fold.graph, node=fold.node, output=fold.output,
+                                     error_vs_magnitude=float(tensor.error_vs_magnitude),
+                                     max_abs_error=float(tensor.max_abs_error)))
+        exclude.add(fold.key)
+        model = _load(source)[0]  # a fresh original: from disk, or a copy of the caller's proto
+        outcome = _fold(model, enabled, disabled, frozenset(exclude))
+    raise AssertionError("unreachable")
+
+
+def _first_failing_fold(applied: Sequence[AppliedFold], report) -> tuple[AppliedFold, Any] | None:
+    failing = {t.name: t for t in report.tensors if not t.passed}
+    for fold in applied:  # applied is in graph order, so the first hit is the most upstream
+        if fold.output in failing:
+            return fold, failing[fold.output]
+    return None
+
+
+def _failure_message(report) -> str:
+    bad = [t for t in report.outputs if not t.passed]
+    if not bad:
+        return "intermediate tensors differ"
+    worst = bad[0]
+    return (f"output {worst.name!r} differs: max abs error {worst.max_abs_error:.3g}, "
+            f"error vs magnitude {worst.error_vs_magnitude:.3g}")

@@ -1,0 +1,174 @@
+"""Shared matching steps: BatchNormalization as an affine map, and folding an affine map into the
+Conv / ConvTranspose / Gemm that produces its input. Rules compose these; they hold no state."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from bnfold import fold_math
+from bnfold.constants import attribute_values
+from bnfold.graph import GraphIndex, is_float_dtype
+from bnfold.reasons import Reason
+from bnfold.rules.base import Plan, Refusal
+
+Affine = tuple[np.ndarray, np.ndarray]
+
+
+def bn_affine(g: GraphIndex, bn: onnx.NodeProto) -> Affine | Refusal:
+    """(scale, shift) of an inference-mode BatchNormalization, or why it isn't one."""
+    attrs = attribute_values(bn)
+    if attrs.get("training_mode", 0) == 1 or (g.opset < 7 and attrs.get("is_test", 0) == 0):
+        return Refusal(Reason.TRAINING_MODE, "training_mode=1" if g.opset >= 14 else "is_test=0")
+    if g.opset < 9 and attrs.get("spatial", 1) == 0:
+        return Refusal(Reason.SPATIAL_ZERO, "spatial=0")
+    extra = [o for o in bn.output[1:] if o and (g.readers(o) or g.is_graph_output(o))]
+    if extra:
+        return Refusal(Reason.EXTRA_OUTPUTS_USED, ", ".join(extra))
+    params = []
+    for name in bn.input[1:5]:
+        found = g.constant(name)
+        if not found.ok:
+            reason = found.reason if found.reason is Reason.OVERRIDABLE_INITIALIZER else Reason.PARAMS_NOT_CONSTANT
+            return Refusal(reason, name)
+        params.append(found.value)
+    if not all(is_float_dtype(p.dtype) for p in params):
+        return Refusal(Reason.UNSUPPORTED_DTYPE, "non-float parameters")
+    sizes = {p.size for p in params}
+    if len(sizes) != 1 or any(p.ndim != 1 for p in params):
+        return Refusal(Reason.SHAPE_MISMATCH, f"parameter shapes {[p.shape for p in params]}")
+    return fold_math.bn_scale_shift(*params, eps=attrs.get("epsilon", 1e-5))
+
+
+def sole_producer(g: GraphIndex, name: str, anchor: onnx.NodeProto, ops: frozenset[str]):
+    """The node of an op in *ops* producing *name*, checked to feed only *anchor*; None if absent."""
+    producer = g.producer.get(name)
+    if producer is None or producer.op_type not in ops or producer.domain not in ("", "ai.onnx"):
+        return None
+    if list(producer.output).index(name) != 0:
+        return None
+    if g.is_graph_output(name):
+        return Refusal(Reason.PRODUCER_OUTPUT_IS_GRAPH_OUTPUT, name)
+    if not g.only_reader(name, anchor):
+        others = [n.name or n.op_type for n in g.readers(name) if n is not anchor]
+        readers = ", ".join(others) or "the same node twice"
+        return Refusal(Reason.PRODUCER_HAS_OTHER_CONSUMERS, f"{name} also read by {readers}")
+    return producer
+
+
+def weights(g: GraphIndex, node: onnx.NodeProto, slots: tuple[int, ...]) -> list[np.ndarray | None] | Refusal:
+    """Constant values of *node*'s inputs at *slots* (None for an absent optional input)."""
+    values: list[np.ndarray | None] = []
+    for slot in slots:
+        name = node.input[slot] if slot < len(node.input) else ""
+        if not name:
+            values.append(None)
+            continue
+        found = g.constant(name)
+        if not found.ok:
+            return Refusal(found.reason or Reason.WEIGHT_NOT_CONSTANT, name)
+        if not is_float_dtype(found.value.dtype):
+            return Refusal(Reason.UNSUPPORTED_DTYPE, f"{name} is {found.value.dtype}")
+        values.append(found.value)
+    return values
+
+
+def rounded(values: np.ndarray, dtype: np.dtype, what: str, **underflow_check) -> np.ndarray | Refusal:
+    """Round float64 fold results once to *dtype*, refusing overflow/underflow."""
+    out, problem = fold_math.cast_checked(values, dtype, **underflow_check)
+    if problem == "overflow":
+        return Refusal(Reason.FOLD_OVERFLOW, f"{what} overflows {np.dtype(dtype).name}")
+    if problem == "underflow":
+        return Refusal(Reason.FOLD_UNDERFLOW, f"{what} underflows {np.dtype(dtype).name}")
+    return out
+
+
+def output_channels(g: GraphIndex, node: onnx.NodeProto, weight: np.ndarray) -> int:
+    """Number of output channels of a Conv / ConvTranspose / Gemm given its weight."""
+    attrs = attribute_values(node)
+    if node.op_type == "ConvTranspose":
+        return weight.shape[1] * attrs.get("group", 1)
+    if node.op_type == "Gemm":
+        return weight.shape[0] if attrs.get("transB", 0) else weight.shape[1]
+    return weight.shape[0]
+
+
+def plan_producer_fold(g: GraphIndex, producer: onnx.NodeProto, anchor: onnx.NodeProto,
+                       affine: Affine) -> Plan | Refusal:
+    """Fold ``y = scale * producer(x) + shift`` into the producer's weight and bias."""
+    scale, shift = affine
+    found = weights(g, producer, (1, 2))
+    if isinstance(found, Refusal):
+        return found
+    weight, bias = found
+    channels = output_channels(g, producer, weight)
+    if scale.shape != (channels,):
+        return Refusal(Reason.SHAPE_MISMATCH, f"{scale.shape[0]} scale values for {channels} channels")
+    attrs = attribute_values(producer)
+    if producer.op_type == "Conv":
+        w64, b64 = fold_math.fold_into_conv(weight, bias, scale, shift)
+        channel_axis = 0
+    elif producer.op_type == "ConvTranspose":
+        w64, b64 = fold_math.fold_into_conv_transpose(weight, bias, scale, shift, attrs.get("group", 1))
+        channel_axis = 1  # within a group; underflow is checked per column of the grouped layout
+    else:
+        trans_b = bool(attrs.get("transB", 0))
+        w64, b64 = fold_math.fold_into_gemm(weight, bias, scale, shift, trans_b=trans_b, beta=attrs.get("beta", 1.0))
+        channel_axis = 0 if trans_b else 1
+    return _plan_from_folded(producer, anchor, weight, w64, b64, scale, channel_axis)
+
+
+def _plan_from_folded(producer, anchor, weight, w64, b64, scale, channel_axis) -> Plan | Refusal:
+    check = {"reference": weight, "scale": scale, "channel_axis": channel_axis}
+    if producer.op_type == "ConvTranspose":  # scale is per output channel = per (group, column)
+        check = {}
+    new_w = rounded(w64, weight.dtype, "weight", **check)
+    if isinstance(new_w, Refusal):
+        return new_w
+    new_b = rounded(b64, weight.dtype, "bias")
+    if isinstance(new_b, Refusal):
+        return new_b
+    x_name, y_name = producer.output[0], anchor.output[0]
+    return Plan(anchor=anchor, target=producer, constants={1: (new_w, "weight"), 2: (new_b, "bias")},
+                surviving_output=y_name, removed_tensors={x_name: y_name})
+
+
+def rewrite_producer_fold(g: GraphIndex, plan: Plan) -> None:
+    """Write the folded constants, hand the anchor's output name to the producer, drop the anchor."""
+    producer = plan.target
+    for slot, (value, role) in sorted(plan.constants.items()):
+        g.set_constant_input(producer, slot, value, role)
+    if producer.op_type == "Gemm":
+        _set_float_attribute(producer, "beta", 1.0)
+    producer.output[0] = plan.anchor.output[0]
+    g.remove_node(plan.anchor)
+
+
+def _set_float_attribute(node: onnx.NodeProto, name: str, value: float) -> None:
+    for attr in node.attribute:
+        if attr.name == name:
+            attr.f = value
+            return
+    node.attribute.append(onnx.helper.make_attribute(name, value))
+
+
+class ProducerBnRule:
+    """``producer -> BatchNormalization`` folded into the producer; one instance per producer op."""
+
+    anchor_ops = frozenset({"BatchNormalization"})
+
+    def __init__(self, name: str, producer_op: str) -> None:
+        self.name = name
+        self.producer_ops = frozenset({producer_op})
+
+    def match(self, g: GraphIndex, bn: onnx.NodeProto) -> Plan | Refusal | None:
+        producer = sole_producer(g, bn.input[0], bn, self.producer_ops)
+        if producer is None or isinstance(producer, Refusal):
+            return producer
+        affine = bn_affine(g, bn)
+        if isinstance(affine, Refusal):
+            return affine
+        return plan_producer_fold(g, producer, bn, affine)
+
+    def rewrite(self, g: GraphIndex, plan: Plan) -> None:
+        rewrite_producer_fold(g, plan)

@@ -1,0 +1,85 @@
+"""bn_conv: fold a BatchNormalization into the unpadded Conv that reads it.
+
+Before:  x -> BatchNormalization -> z -> Conv(W, b, group=g, pads=0) -> y
+After:   x -> Conv(W', b') -> y           (the Conv keeps its name and output)
+
+Math, with the BN as z = s * x + t per input channel c, and c(o, i) = (o // (C_out/g)) * (C_in/g) + i:
+    W'[o, i, k] = W[o, i, k] * s[c(o, i)]
+    b'[o]       = b[o] + sum_{i, k} W[o, i, k] * t[c(o, i)]
+This is exact only when every output position sees only real input (no zero padding): a padded
+border would see 0 in the original but the fold effectively feeds it -t/s. So all pads must be 0
+(or auto_pad VALID, or SAME with a 1x1... kernel, which pads nothing).
+
+Refuses: CONSUMER_CONV_PADDED; BN_HAS_OTHER_CONSUMERS / BN_OUTPUT_IS_GRAPH_OUTPUT; the BN output is
+the Conv's weight rather than its data; and the common refusals (constants, training, dtype).
+"""
+
+from __future__ import annotations
+
+import onnx
+
+from bnfold import fold_math
+from bnfold.constants import attribute_values
+from bnfold.reasons import Reason
+from bnfold.rules._common import bn_affine, rounded, weights
+from bnfold.rules.base import Plan, Refusal
+
+
+def _unpadded(conv: onnx.NodeProto, kernel_shape: tuple[int, ...]) -> bool:
+    attrs = attribute_values(conv)
+    auto_pad = attrs.get("auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    if auto_pad == "VALID":
+        return True
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        return all(k == 1 for k in kernel_shape)
+    return all(p == 0 for p in attrs.get("pads", []))
+
+
+class BnConvRule:
+    name = "bn_conv"
+    anchor_ops = frozenset({"BatchNormalization"})
+
+    def match(self, g, bn: onnx.NodeProto) -> Plan | Refusal | None:
+        z = bn.output[0]
+        readers = g.readers(z)
+        convs = [n for n in readers if n.op_type == "Conv" and n.domain in ("", "ai.onnx")]
+        if not convs:
+            return None
+        if g.is_graph_output(z):
+            return Refusal(Reason.BN_OUTPUT_IS_GRAPH_OUTPUT, z)
+        conv = convs[0]
+        if len(readers) > 1 or list(conv.input).count(z) != 1:
+            return Refusal(Reason.BN_HAS_OTHER_CONSUMERS, f"{z} read by {len(readers)} nodes")
+        if conv.input[0] != z:
+            return None
+        found = weights(g, conv, (1, 2))
+        if isinstance(found, Refusal):
+            return found
+        weight, bias = found
+        if not _unpadded(conv, weight.shape[2:]):
+            return Refusal(Reason.CONSUMER_CONV_PADDED, conv.name or conv.output[0])
+        affine = bn_affine(g, bn)
+        if isinstance(affine, Refusal):
+            return affine
+        scale, shift = affine
+        group = attribute_values(conv).get("group", 1)
+        if scale.shape != (weight.shape[1] * group,):
+            return Refusal(Reason.SHAPE_MISMATCH, f"{scale.shape[0]} channels vs conv input {weight.shape[1] * group}")
+        w64, b64 = fold_math.fold_into_following_conv(weight, bias, scale, shift, group)
+        new_w, new_b = rounded(w64, weight.dtype, "weight"), rounded(b64, weight.dtype, "bias")
+        for value in (new_w, new_b):
+            if isinstance(value, Refusal):
+                return value
+        return Plan(anchor=bn, target=conv, constants={1: (new_w, "weight"), 2: (new_b, "bias")},
+                    surviving_output=conv.output[0], removed_tensors={z: None})
+
+    def rewrite(self, g, plan: Plan) -> None:
+        conv, bn = plan.target, plan.anchor
+        for slot, (value, role) in sorted(plan.constants.items()):
+            g.set_constant_input(conv, slot, value, role)
+        conv.input[0] = bn.input[0]
+        g.remove_node(bn)
+
+
+RULE = BnConvRule()
