@@ -24,7 +24,7 @@ def _reads(graph: onnx.GraphProto) -> dict[str, int]:
     return counts
 
 
-def _remove_dead_constant_nodes(graph: onnx.GraphProto, reads: dict[str, int]) -> None:
+def _remove_dead_constant_nodes(graph: onnx.GraphProto, reads: dict[str, int]) -> bool:
     keep: list[onnx.NodeProto] = []
     for node in reversed(graph.node):  # consumers before producers: one pass frees whole chains
         dead = node.op_type in CONSTANT_OPS and node.domain in ("", "ai.onnx") and not any(
@@ -39,15 +39,19 @@ def _remove_dead_constant_nodes(graph: onnx.GraphProto, reads: dict[str, int]) -
         kept = list(reversed(keep))
         del graph.node[:]
         graph.node.extend(kept)
+        return True
+    return False
 
 
-def clean_graph(graph: onnx.GraphProto) -> None:
-    """Remove dead constant nodes, unread initializers and stale value_info from *graph* and its subgraphs."""
+def clean_graph(graph: onnx.GraphProto) -> bool:
+    """Remove dead constant nodes, unread initializers and stale value_info from *graph* and its
+    subgraphs; True if anything was removed."""
+    changed = False
     for node in graph.node:
         for _, sub in subgraphs(node):
-            clean_graph(sub)
+            changed |= clean_graph(sub)
     reads = _reads(graph)
-    _remove_dead_constant_nodes(graph, reads)
+    changed |= _remove_dead_constant_nodes(graph, reads)
     inputs = {i.name for i in graph.input}
     dead_inits = [i for i, t in enumerate(graph.initializer) if not reads.get(t.name) and t.name not in inputs]
     for i in reversed(dead_inits):
@@ -56,3 +60,4 @@ def clean_graph(graph: onnx.GraphProto) -> None:
     stale = [i for i, v in enumerate(graph.value_info) if v.name not in alive]
     for i in reversed(stale):
         del graph.value_info[i]
+    return changed or bool(dead_inits) or bool(stale)

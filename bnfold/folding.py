@@ -53,6 +53,7 @@ class FoldOutcome:
     refused: list[RefusedSite] = field(default_factory=list)
     tensor_map: dict[str, str | None] = field(default_factory=dict)
     passes: int = 0
+    cleaned: bool = False  # cleanup removed dead constants/initializers/value_info
 
 
 def ai_onnx_opset(model: onnx.ModelProto) -> int:

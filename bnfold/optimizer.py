@@ -17,6 +17,7 @@ from bnfold import __version__
 from bnfold.cleanup import clean_graph
 from bnfold.errors import InputSpecError, UsageError, VerificationFailed
 from bnfold.folding import AppliedFold, FoldOutcome, RefusedSite, fold_model
+from bnfold.provenance import add_provenance, strip_provenance
 from bnfold.report import SCHEMA_VERSION, ReportMixin
 from bnfold.rules import RULE_NAMES, RULES, Rule
 from bnfold.stats import ModelStats, model_stats
@@ -58,9 +59,12 @@ class FoldReport(ReportMixin):
     schema_version: int = SCHEMA_VERSION
     bnfold_version: str = __version__
 
+    cleaned: bool = False
+
     @property
     def changed(self) -> bool:
-        return bool(self.applied)
+        """True when the model differs from the input (folds applied or dead tensors removed)."""
+        return bool(self.applied) or self.cleaned
 
 
 @dataclass(frozen=True)
@@ -99,7 +103,7 @@ def _load(model_or_path: onnx.ModelProto | str | os.PathLike) -> tuple[onnx.Mode
 
 def _fold(model: onnx.ModelProto, enabled, disabled, exclude) -> FoldOutcome:
     outcome = fold_model(model, enabled, disabled=disabled, exclude=exclude)
-    clean_graph(model.graph)
+    outcome.cleaned = clean_graph(model.graph)
     return outcome
 
 
@@ -108,7 +112,7 @@ def optimize(model_or_path: onnx.ModelProto | str | os.PathLike, *, rules: Seque
              strict: bool = False, force: bool = False, inputs: str | os.PathLike | None = None,
              input_shapes: Mapping[str, Sequence[int]] | None = None, samples: int = 2, seed: int = 0,
              value_range: tuple[float, float] | None = None, atol: float | None = None,
-             rtol: float | None = None, provider: str = "cpu") -> OptimizeResult:
+             rtol: float | None = None, provider: str = "cpu", metadata: bool = True) -> OptimizeResult:
     """Fold every BatchNormalization (and affine chain) that folds exactly; verify; report.
 
     A ModelProto argument is never modified (a copy is folded). With ``verify`` (default) the result is
@@ -122,6 +126,8 @@ def optimize(model_or_path: onnx.ModelProto | str | os.PathLike, *, rules: Seque
     before = model_stats(model)
     started = time.perf_counter()
     outcome = _fold(model, enabled, disabled, frozenset())
+    if metadata and (outcome.applied or outcome.cleaned):
+        strip_provenance(model)
     fold_seconds = time.perf_counter() - started
     check = dict(inputs=inputs, input_shapes=input_shapes, samples=samples, seed=seed, value_range=value_range,
                  atol=atol, rtol=rtol, provider=provider)
@@ -135,7 +141,9 @@ def optimize(model_or_path: onnx.ModelProto | str | os.PathLike, *, rules: Seque
     report = FoldReport(rules=tuple(r.name for r in enabled), applied=tuple(outcome.applied),
                         refused=tuple(outcome.refused), reverted=tuple(reverted), tensor_map=outcome.tensor_map,
                         before=before, after=model_stats(model), passes=outcome.passes,
-                        fold_seconds=round(fold_seconds, 6), verification=summary)
+                        fold_seconds=round(fold_seconds, 6), verification=summary, cleaned=outcome.cleaned)
+    if metadata and report.changed:
+        serialized = add_provenance(model, serialized, report)
     result = OptimizeResult(model=model, report=report, verification=verification, serialized=serialized)
     _raise_on_failure(result, strict=strict, force=force)
     return result
@@ -157,7 +165,7 @@ def _verify_and_revert(model, outcome, source, reference, enabled, disabled, che
     for _ in range(MAX_REVERTS + 1):
         serialized = model.SerializeToString()
         try:
-            report = run_verify(reference, serialized, check_tensors=[a.output for a in outcome.applied], **check)
+            report = run_verify(reference, serialized, check_tensors=_checkable(model, outcome.applied), **check)
         except InputSpecError as exc:
             return model, outcome, None, serialized, VerificationSummary("not_verified", str(exc))
         if report.passed:
@@ -174,6 +182,12 @@ def _verify_and_revert(model, outcome, source, reference, enabled, disabled, che
         model = _load(source)[0]  # a fresh original: from disk, or a copy of the caller's proto
         outcome = _fold(model, enabled, disabled, frozenset(exclude))
     raise AssertionError("unreachable")
+
+
+def _checkable(model: onnx.ModelProto, applied: Sequence[AppliedFold]) -> list[str]:
+    """Fold outputs still present in the main graph (a later fold in a chain may have absorbed one)."""
+    produced = {out for node in model.graph.node for out in node.output}
+    return [a.output for a in applied if a.graph == "main" and a.output in produced]
 
 
 def _first_failing_fold(applied: Sequence[AppliedFold], report) -> tuple[AppliedFold, Any] | None:

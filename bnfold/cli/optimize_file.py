@@ -1,0 +1,126 @@
+"""One model through ``bnfold optimize``: fold, verify, write atomically, and describe the outcome.
+
+Kept apart from the click command so the folder mode can run it in worker processes (everything
+here is picklable: plain settings in, a plain outcome out).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bnfold.errors import BnfoldError, ExitCode, UsageError, VerificationFailed
+
+
+@dataclass(frozen=True)
+class OptimizeSettings:
+    rules: tuple[str, ...] | None = None
+    skip_rules: tuple[str, ...] | None = None
+    verify: bool = True
+    revert: bool = True
+    force: bool = False
+    strict: bool = False
+    metadata: bool = True
+    check: bool = False
+    in_place: bool = False
+    inputs: str | None = None
+    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    samples: int = 2
+    seed: int = 0
+    value_range: tuple[float, float] | None = None
+    atol: float | None = None
+    rtol: float | None = None
+    provider: str = "cpu"
+
+
+@dataclass
+class FileOutcome:
+    source: str
+    target: str | None
+    exit_code: int
+    message: str = ""
+    report: Any = None  # FoldReport (or None when the model could not be processed)
+    size_before: int | None = None
+    size_after: int | None = None
+    seconds: float = 0.0
+
+
+def default_target(source: Path) -> Path:
+    return source.with_name(f"{source.stem}.folded.onnx")
+
+
+def resolve_target(source: Path, output: Path | None, in_place: bool) -> Path:
+    """Where the result goes; refuses to overwrite the input unless --in-place."""
+    if in_place:
+        if output is not None and output.resolve() != source.resolve():
+            raise UsageError("--in-place writes over the input; don't combine it with a different -o")
+        return source
+    target = output if output is not None else default_target(source)
+    if target.exists() and target.resolve() == source.resolve():
+        raise UsageError(f"-o {target} is the input file; pass --in-place to overwrite it")
+    return target
+
+
+def optimize_file(source: Path, output: Path | None, settings: OptimizeSettings) -> FileOutcome:
+    """Process one model; never raises for model problems: they become the outcome's exit code."""
+    started = time.perf_counter()
+    outcome = FileOutcome(source=str(source), target=None, exit_code=int(ExitCode.OK))
+    try:
+        _run(source, output, settings, outcome)
+    except VerificationFailed as exc:
+        outcome.exit_code, outcome.message, outcome.report = int(exc.exit_code), str(exc), exc.report
+    except BnfoldError as exc:
+        outcome.exit_code, outcome.message = int(exc.exit_code), str(exc)
+    outcome.seconds = time.perf_counter() - started
+    return outcome
+
+
+def _run(source: Path, output: Path | None, settings: OptimizeSettings, outcome: FileOutcome) -> None:
+    from bnfold import io
+    from bnfold.optimizer import optimize
+
+    target = None if settings.check else resolve_target(source, output, settings.in_place)
+    if target is not None:
+        io.require_folder(target)  # fail before the work, not after it
+    result = optimize(source, rules=settings.rules, skip_rules=settings.skip_rules,
+                      verify=settings.verify and not settings.check, revert=settings.revert,
+                      strict=settings.strict, force=settings.force, inputs=settings.inputs,
+                      input_shapes=settings.input_shapes or None, samples=settings.samples, seed=settings.seed,
+                      value_range=settings.value_range, atol=settings.atol, rtol=settings.rtol,
+                      provider=settings.provider, metadata=settings.metadata)
+    outcome.report = result.report
+    outcome.size_before = source.stat().st_size
+    if settings.check:
+        foldable = [f for f in result.report.applied if f.op_type == "BatchNormalization"]
+        if foldable:
+            outcome.exit_code = int(ExitCode.FAILED)
+            outcome.message = f"{len(foldable)} foldable BatchNormalization remain (e.g. {foldable[0].node})"
+        return
+    _write(source, target, result, outcome)
+    if result.report.verification.status == "failed":  # only reachable with --force
+        outcome.message = "written despite failed verification (--force)"
+
+
+def _write(source: Path, target: Path, result, outcome: FileOutcome) -> None:
+    from bnfold import io
+
+    outcome.target = str(target)
+    external = io.uses_external_data(source)
+    if not result.report.changed:
+        if target != source and not external:
+            io.atomic_write(target, lambda handle: _copy_into(source, handle))
+        elif target != source:
+            io.save_model(result.model, target, external_data=True)
+    else:
+        io.save_model(result.model, target, external_data=True if external else None,
+                      serialized=None if external else result.serialized)
+    outcome.size_after = os.path.getsize(target)
+
+
+def _copy_into(source: Path, handle) -> None:
+    with open(source, "rb") as src:
+        shutil.copyfileobj(src, handle, length=1 << 20)

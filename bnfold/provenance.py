@@ -1,0 +1,52 @@
+"""Provenance in the output's metadata_props: bnfold version, folds applied, verification summary.
+
+The entries are appended to already-verified bytes as a serialised ModelProto fragment (protobuf
+merges repeated fields on concatenation), so adding them never costs a second serialisation of a
+big model. A model that bnfold leaves unchanged keeps its bytes, so re-runs stay byte-identical.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import onnx
+
+from bnfold import __version__
+
+PREFIX = "bnfold."
+
+
+def strip_provenance(model: onnx.ModelProto) -> None:
+    """Drop entries a previous bnfold run left, before this run's are added."""
+    kept = [p for p in model.metadata_props if not p.key.startswith(PREFIX)]
+    if len(kept) != len(model.metadata_props):
+        del model.metadata_props[:]
+        model.metadata_props.extend(kept)
+
+
+def provenance_entries(report) -> list[tuple[str, str]]:
+    """(key, value) pairs describing a FoldReport."""
+    counts = Counter(fold.rule for fold in report.applied)
+    folds = ",".join(f"{rule}={n}" for rule, n in sorted(counts.items())) or "none"
+    verification = report.verification
+    summary = verification.status
+    details = verification.details or {}
+    worst = max((o.get("error_vs_magnitude", 0.0) for o in details.get("outputs", [])
+                 if isinstance(o.get("error_vs_magnitude"), float)), default=None)
+    if worst is not None:
+        summary += f"; worst output error vs magnitude {worst:.3g}; samples {details.get('samples')}"
+    return [(f"{PREFIX}version", __version__), (f"{PREFIX}folds", folds), (f"{PREFIX}verification", summary)]
+
+
+def provenance_fragment(report) -> onnx.ModelProto:
+    fragment = onnx.ModelProto()
+    for key, value in provenance_entries(report):
+        fragment.metadata_props.add(key=key, value=value)
+    return fragment
+
+
+def add_provenance(model: onnx.ModelProto, serialized: bytes | None, report) -> bytes | None:
+    """Add the entries to *model*, and to *serialized* (if given) without re-serialising the model."""
+    fragment = provenance_fragment(report)
+    model.metadata_props.extend(fragment.metadata_props)
+    return None if serialized is None else serialized + fragment.SerializeToString()
