@@ -5,7 +5,10 @@ The library never prints or exits: failures raise typed errors, everything else 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -101,9 +104,11 @@ def _load(model_or_path: onnx.ModelProto | str | os.PathLike) -> tuple[onnx.Mode
     return load_model(model_or_path), os.fspath(model_or_path)
 
 
-def _fold(model: onnx.ModelProto, enabled, disabled, exclude) -> FoldOutcome:
+def _fold(model: onnx.ModelProto, enabled, disabled, exclude, metadata: bool) -> FoldOutcome:
     outcome = fold_model(model, enabled, disabled=disabled, exclude=exclude)
     outcome.cleaned = clean_graph(model.graph)
+    if metadata and (outcome.applied or outcome.cleaned):
+        strip_provenance(model)  # before any serialisation: this run's entries replace earlier ones
     return outcome
 
 
@@ -125,19 +130,18 @@ def optimize(model_or_path: onnx.ModelProto | str | os.PathLike, *, rules: Seque
     model, reference = _load(model_or_path)
     before = model_stats(model)
     started = time.perf_counter()
-    outcome = _fold(model, enabled, disabled, frozenset())
-    if metadata and (outcome.applied or outcome.cleaned):
-        strip_provenance(model)
+    outcome = _fold(model, enabled, disabled, frozenset(), metadata)
     fold_seconds = time.perf_counter() - started
     check = dict(inputs=inputs, input_shapes=input_shapes, samples=samples, seed=seed, value_range=value_range,
                  atol=atol, rtol=rtol, provider=provider)
+    refold = functools.partial(_refold, model_or_path, enabled, disabled, metadata)
     reverted: list[RevertedFold] = []
     verification, serialized, summary = None, None, VerificationSummary("skipped", "verification disabled")
     if verify and not outcome.applied:
         summary = VerificationSummary("unchanged", "nothing was folded")
     elif verify:
         model, outcome, verification, serialized, summary = _verify_and_revert(
-            model, outcome, model_or_path, reference, enabled, disabled, check, revert, reverted)
+            model, outcome, refold, reference, check, revert, reverted)
     report = FoldReport(rules=tuple(r.name for r in enabled), applied=tuple(outcome.applied),
                         refused=tuple(outcome.refused), reverted=tuple(reverted), tensor_map=outcome.tensor_map,
                         before=before, after=model_stats(model), passes=outcome.passes,
@@ -157,15 +161,38 @@ def _raise_on_failure(result: OptimizeResult, *, strict: bool, force: bool) -> N
         raise VerificationFailed(f"not verified (--strict): {result.report.verification.message}", result.report)
 
 
-def _verify_and_revert(model, outcome, source, reference, enabled, disabled, check, revert, reverted):
+def _refold(source, enabled, disabled, metadata, exclude: frozenset[str]) -> tuple[onnx.ModelProto, FoldOutcome]:
+    model = _load(source)[0]  # a fresh original: from disk, or a copy of the caller's proto
+    return model, _fold(model, enabled, disabled, exclude, metadata)
+
+
+def _candidate(model: onnx.ModelProto, stack: contextlib.ExitStack) -> tuple[bytes | None, Any]:
+    """(bytes to keep for writing, what to hand onnxruntime): bytes, or an external-data file past 2 GB."""
+    from bnfold import io
+
+    if io.model_bytes_size(model) <= io.SINGLE_FILE_LIMIT:
+        data = model.SerializeToString()
+        return data, data
+    folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="bnfold-verify-"))
+    path = os.path.join(folder, "candidate.onnx")
+    io.save_model(model, path, external_data=True)
+    return None, path
+
+
+def _verify_and_revert(model, outcome, refold, reference, check, revert, reverted):
     """Verify; while a fold's own tensor diverges, re-fold without it (most upstream first)."""
+    with contextlib.ExitStack() as stack:
+        return _verify_loop(model, outcome, refold, reference, check, revert, reverted, stack)
+
+
+def _verify_loop(model, outcome, refold, reference, check, revert, reverted, stack):
     from bnfold.verification import verify as run_verify
 
     exclude: set[str] = set()
     for _ in range(MAX_REVERTS + 1):
-        serialized = model.SerializeToString()
+        serialized, candidate = _candidate(model, stack)
         try:
-            report = run_verify(reference, serialized, check_tensors=_checkable(model, outcome.applied), **check)
+            report = run_verify(reference, candidate, check_tensors=_checkable(model, outcome.applied), **check)
         except InputSpecError as exc:
             return model, outcome, None, serialized, VerificationSummary("not_verified", str(exc))
         if report.passed:
@@ -179,8 +206,7 @@ def _verify_and_revert(model, outcome, source, reference, enabled, disabled, che
                                      error_vs_magnitude=float(tensor.error_vs_magnitude),
                                      max_abs_error=float(tensor.max_abs_error)))
         exclude.add(fold.key)
-        model = _load(source)[0]  # a fresh original: from disk, or a copy of the caller's proto
-        outcome = _fold(model, enabled, disabled, frozenset(exclude))
+        model, outcome = refold(frozenset(exclude))
     raise AssertionError("unreachable")
 
 
