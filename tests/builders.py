@@ -71,6 +71,18 @@ class GraphBuilder:
         self.channels[out] = c_out
         return out
 
+    def conv_transpose(self, x: str, c_out: int, k: int | Sequence[int] = 3, *, group: int = 1,
+                       bias: bool = True, dims: int = 2, **attrs) -> str:
+        """ConvTranspose; its weight is [C_in, C_out/group, k...] (the layout naive folders get wrong)."""
+        c_in = self.channels[x]
+        kernel = [k] * dims if isinstance(k, int) else list(k)
+        inputs = [x, self.init(self.weight([c_in, c_out // group, *kernel]))]
+        if bias:
+            inputs.append(self.init(self.rng.standard_normal(c_out).astype(self.dtype) * 0.1))
+        out = self.node("ConvTranspose", inputs, group=group, **attrs)
+        self.channels[out] = c_out
+        return out
+
     def bn_params(self, c: int, dtype=None) -> list[np.ndarray]:
         dtype = np.dtype(dtype or self.dtype)
         gamma = self.rng.uniform(0.5, 1.5, c) * self.rng.choice([-1.0, 1.0], c)
@@ -140,6 +152,52 @@ def assert_equivalent(original: onnx.ModelProto, folded: onnx.ModelProto, seed: 
         magnitude = max(np.abs(a64).max(), 1e-12)
         error = np.abs(a64 - b64).max() / magnitude
         assert error <= tolerance(a.dtype), f"error {error:.3g} vs magnitude exceeds {tolerance(a.dtype)}"
+
+
+def as_float32(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy with every float16 initializer, Constant value and declared type widened to float32 (Cast
+    nodes untouched): the reference that shows how much an fp16 model loses to rounding."""
+    wide = onnx.ModelProto()
+    wide.CopyFrom(model)
+    tensors = list(wide.graph.initializer)
+    tensors += [a.t for n in wide.graph.node for a in n.attribute if a.type == onnx.AttributeProto.TENSOR]
+    for t in tensors:
+        if t.data_type == TensorProto.FLOAT16:
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float32), t.name))
+    for info in [*wide.graph.input, *wide.graph.output, *wide.graph.value_info]:
+        if info.type.tensor_type.elem_type == TensorProto.FLOAT16:
+            info.type.tensor_type.elem_type = TensorProto.FLOAT
+    return wide
+
+
+def assert_fp16_no_worse(original: onnx.ModelProto, folded: onnx.ModelProto, *, slack: float = 1e-3,
+                         seed: int = 0) -> None:
+    """The folded fp16 model is no further from an fp32 run of the same weights than the unfolded fp16
+    model is, give or take *slack* relative to the output's magnitude (both round, differently)."""
+    feeds = feeds_for(original, seed)
+    wide_feeds = {k: v.astype(np.float32) if v.dtype == np.float16 else v for k, v in feeds.items()}
+    truths = run(as_float32(original), wide_feeds)
+    for truth, before, after in zip(truths, run(original, feeds), run(folded, feeds), strict=True):
+        assert after.dtype == before.dtype and after.shape == before.shape
+        magnitude = max(np.abs(truth).max(), 1e-12)
+        err_before = np.abs(before.astype(np.float64) - truth).max() / magnitude
+        err_after = np.abs(after.astype(np.float64) - truth).max() / magnitude
+        assert err_after <= err_before + slack, f"folded error {err_after:.3g} vs unfolded {err_before:.3g}"
+
+
+def assert_refused(model: onnx.ModelProto, reason, *, runnable: bool = True, **options):
+    """optimize() reports *reason* for the model's one candidate site and leaves its graph exactly as it was
+    (BN included); with *runnable*, onnxruntime also agrees on the outputs. Returns the OptimizeResult."""
+    from bnfold import optimize
+
+    result = optimize(model, verify=False, **options)
+    assert [site.reason for site in result.report.refused] == [reason], result.report.refused
+    assert not result.report.applied
+    assert op_count(result.model, "BatchNormalization") == op_count(model, "BatchNormalization") >= 1
+    assert result.model.graph == model.graph
+    if runnable:
+        assert_equivalent(model, result.model)
+    return result
 
 
 def op_count(model: onnx.ModelProto, op: str) -> int:

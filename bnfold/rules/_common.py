@@ -37,7 +37,8 @@ def bn_affine(g: GraphIndex, bn: onnx.NodeProto) -> Affine | Refusal:
     sizes = {p.size for p in params}
     if len(sizes) != 1 or any(p.ndim != 1 for p in params):
         return Refusal(Reason.SHAPE_MISMATCH, f"parameter shapes {[p.shape for p in params]}")
-    return fold_math.bn_scale_shift(*params, eps=attrs.get("epsilon", 1e-5))
+    with np.errstate(divide="ignore", invalid="ignore"):  # var + eps <= 0: non-finite, refused when rounding
+        return fold_math.bn_scale_shift(*params, eps=attrs.get("epsilon", 1e-5))
 
 
 def sole_producer(g: GraphIndex, name: str, anchor: onnx.NodeProto, ops: frozenset[str]):
@@ -74,7 +75,12 @@ def weights(g: GraphIndex, node: onnx.NodeProto, slots: tuple[int, ...]) -> list
 
 
 def rounded(values: np.ndarray, dtype: np.dtype, what: str, **underflow_check) -> np.ndarray | Refusal:
-    """Round float64 fold results once to *dtype*, refusing overflow/underflow."""
+    """Round float64 fold results once to *dtype*, refusing overflow/underflow.
+
+    Non-finite results (division by a zero constant, var + eps == 0) are refused too: cast_checked only
+    catches finite values that *become* inf, and an inf already present in float64 would be written out."""
+    if not np.isfinite(values).all():
+        return Refusal(Reason.FOLD_OVERFLOW, f"{what} is not finite")
     out, problem = fold_math.cast_checked(values, dtype, **underflow_check)
     if problem == "overflow":
         return Refusal(Reason.FOLD_OVERFLOW, f"{what} overflows {np.dtype(dtype).name}")
@@ -110,7 +116,7 @@ def plan_producer_fold(g: GraphIndex, producer: onnx.NodeProto, anchor: onnx.Nod
         channel_axis = 0
     elif producer.op_type == "ConvTranspose":
         w64, b64 = fold_math.fold_into_conv_transpose(weight, bias, scale, shift, attrs.get("group", 1))
-        channel_axis = 1  # within a group; underflow is checked per column of the grouped layout
+        channel_axis = 1  # unused: underflow is judged per output channel in _rounded_conv_transpose
     else:
         trans_b = bool(attrs.get("transB", 0))
         w64, b64 = fold_math.fold_into_gemm(weight, bias, scale, shift, trans_b=trans_b, beta=attrs.get("beta", 1.0))
@@ -118,11 +124,28 @@ def plan_producer_fold(g: GraphIndex, producer: onnx.NodeProto, anchor: onnx.Nod
     return _plan_from_folded(producer, anchor, weight, w64, b64, scale, channel_axis)
 
 
+def _by_output_channel(w: np.ndarray, group: int) -> np.ndarray:
+    """ConvTranspose weight [C_in, C_out/g, k...] viewed as [C_out, (C_in/g)*k]: output channel first."""
+    c_in, per_group = w.shape[0], w.shape[1]
+    return w.reshape(group, c_in // group, per_group, -1).transpose(0, 2, 1, 3).reshape(group * per_group, -1)
+
+
+def _rounded_conv_transpose(weight, w64, scale, group: int) -> np.ndarray | Refusal:
+    """Round a folded ConvTranspose weight, judging underflow per output channel (which spans one column
+    of one group's rows), then restore the [C_in, C_out/g, k...] layout."""
+    out = rounded(_by_output_channel(w64, group), weight.dtype, "weight",
+                  reference=_by_output_channel(weight, group), scale=scale, channel_axis=0)
+    if isinstance(out, Refusal):
+        return out
+    c_in, per_group = weight.shape[0], weight.shape[1]
+    return out.reshape(group, per_group, c_in // group, -1).transpose(0, 2, 1, 3).reshape(weight.shape)
+
+
 def _plan_from_folded(producer, anchor, weight, w64, b64, scale, channel_axis) -> Plan | Refusal:
-    check = {"reference": weight, "scale": scale, "channel_axis": channel_axis}
-    if producer.op_type == "ConvTranspose":  # scale is per output channel = per (group, column)
-        check = {}
-    new_w = rounded(w64, weight.dtype, "weight", **check)
+    if producer.op_type == "ConvTranspose":
+        new_w = _rounded_conv_transpose(weight, w64, scale, attribute_values(producer).get("group", 1))
+    else:
+        new_w = rounded(w64, weight.dtype, "weight", reference=weight, scale=scale, channel_axis=channel_axis)
     if isinstance(new_w, Refusal):
         return new_w
     new_b = rounded(b64, weight.dtype, "bias")

@@ -5,8 +5,9 @@ Before:  x[N, K] -> MatMul(x, W[K, C]) -> BatchNormalization -> y[N, C]
 After:   the same MatMul with W scaled along C, then Add(bias) named like the BN:
          W'[:, c] = W[:, c] * s[c]  (or W'[c, :] = W[c, :] * s[c]),   bias = t  ([C] or [C, 1])
 
-BN normalizes axis 1 of its input. The MatMul output rank r is max(rank(x), 2); W's free axis lands
-on axis r-1 (W second) or r-2 (W first). Only when that axis is 1 is the fold exact.
+BN normalizes axis 1 of its input. The MatMul output rank r is rank(x) (1 when x is 1-D, whose only axis
+is contracted away); W's free axis lands on axis r-1 (W second) or r-2 (W first). Only when that axis is 1
+is the fold exact.
 
 Refuses: MATMUL_LAYOUT (W's free axis is not the channel axis, W not 2-D, neither operand constant),
 RANK_UNKNOWN (x's rank can't be proven), and the common refusals of conv_bn.
@@ -63,7 +64,7 @@ class MatMulBnRule:
             rank = g.rank(matmul.input[other])
             if rank is None:
                 return Refusal(Reason.RANK_UNKNOWN, matmul.input[other])
-            out_rank = max(rank, 2)
+            out_rank = rank if rank >= 2 else 1  # a 1-D x loses its only axis; W's free axis becomes axis 0
             if (slot == 1 and out_rank == 2) or (slot == 0 and out_rank == 3):
                 return slot, weight, 1 if slot == 1 else 0
             return Refusal(Reason.MATMUL_LAYOUT, f"output rank {out_rank} puts the weight's free axis off axis 1")
