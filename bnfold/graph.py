@@ -44,7 +44,7 @@ def names_used_inside(graph: onnx.GraphProto) -> set[str]:
 def all_names(graph: onnx.GraphProto) -> set[str]:
     """Every tensor and node name in *graph* and its subgraphs, for collision-free new names."""
     names = {i.name for i in graph.initializer} | {i.name for i in graph.input} | {o.name for o in graph.output}
-    names |= {v.name for v in graph.value_info}
+    names |= {v.name for v in graph.value_info} | {s.values.name for s in graph.sparse_initializer}
     for node in graph.node:
         names.update(node.input)
         names.update(node.output)

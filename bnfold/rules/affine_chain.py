@@ -66,7 +66,8 @@ class AffineChainRule:
         vector = per_channel(const, rank, output_channels(g, producer, weight.value))
         if isinstance(vector, Refusal):
             return vector
-        affine = fold_math.affine_of_op(node.op_type, vector, const_first=const_slot == 0)
+        with np.errstate(divide="ignore"):  # x / 0 gives inf here; rounding refuses it as FOLD_OVERFLOW
+            affine = fold_math.affine_of_op(node.op_type, vector, const_first=const_slot == 0)
         return plan_producer_fold(g, producer, node, affine)
 
     def rewrite(self, g, plan: Plan) -> None:
