@@ -8,12 +8,13 @@ import click
 
 from bnfold import __version__
 from bnfold.cli.bench import bench_command
+from bnfold.cli.check import check_command
 from bnfold.cli.inspect import inspect_command
 from bnfold.cli.optimize import optimize_command
 from bnfold.cli.verify import verify_command
 from bnfold.errors import BnfoldError, ExitCode
 
-COMMANDS = (optimize_command, verify_command, bench_command, inspect_command)
+COMMANDS = (optimize_command, verify_command, bench_command, inspect_command, check_command)
 
 
 class _Group(click.Group):
