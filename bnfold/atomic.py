@@ -93,15 +93,37 @@ class _Stage:
                 pass
 
 
+_HELD = {signal.SIGINT, signal.SIGTERM}
+
+
+def _hold_signals() -> set | None:
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        return None
+    return signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
+
+
+def _release_signals(previous: set | None) -> None:
+    if previous is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 @contextmanager
 def staged(destination: Path) -> Iterator[_Stage]:
     """A temporary file beside ``destination``, removed on exit unless committed; OSError -> OutputWriteError."""
+    # Signals are held while the temporary is created and its cleanup armed, so an interrupt can't land
+    # between the two and leave a stray file behind.
+    held = _hold_signals()
     try:
-        fd, temporary = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
-    except OSError as exc:
-        raise _write_error(destination, exc) from None
-    stage = _Stage(destination, Path(temporary), os.fdopen(fd, "wb"))
+        try:
+            fd, temporary = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
+        except OSError as exc:
+            raise _write_error(destination, exc) from None
+        stage = _Stage(destination, Path(temporary), os.fdopen(fd, "wb"))
+    except BaseException:
+        _release_signals(held)
+        raise
     try:
+        _release_signals(held)
         yield stage
     except OSError as exc:
         raise _write_error(destination, exc) from None
@@ -136,6 +158,8 @@ def require_folder(path: Path) -> None:
         raise OutputWriteError(f"cannot write {path}: {folder} is not a folder")
     if path.is_dir():
         raise OutputWriteError(f"cannot write {path}: it is a directory")
+    if path.exists() and not path.is_file():
+        raise OutputWriteError(f"cannot write {path}: it exists and is not a regular file (device, FIFO, socket)")
 
 
 def _write_error(path: Path, exc: OSError) -> OutputWriteError:

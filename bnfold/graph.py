@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 from bnfold.constants import CONSTANT_OPS, evaluate_node
 from bnfold.reasons import Reason
@@ -53,6 +53,24 @@ def all_names(graph: onnx.GraphProto) -> set[str]:
             names |= all_names(sub)
     names.discard("")
     return names
+
+
+def assign_array(tensor: onnx.TensorProto, value: np.ndarray, name: str) -> None:
+    """Make *tensor* equal to ``numpy_helper.from_array(value, name)``, copying the data only once.
+
+    Building a separate proto and copying it in costs two more copies of every folded weight (for a
+    100 MB model, a noticeable share of the fold); plain float arrays get their fields set directly.
+    Other dtypes go through onnx's own encoder.
+    """
+    if value.dtype not in FLOAT_DTYPES:
+        tensor.CopyFrom(numpy_helper.from_array(value, name))
+        return
+    tensor.Clear()
+    tensor.dims.extend(value.shape)
+    if name:
+        tensor.name = name
+    tensor.raw_data = value.astype(value.dtype.newbyteorder("<"), copy=False).tobytes()
+    tensor.data_type = helper.np_dtype_to_tensor_dtype(value.dtype)
 
 
 def is_float_dtype(dtype: np.dtype) -> bool:
@@ -175,7 +193,7 @@ class GraphIndex:
         name = node.input[slot] if slot < len(node.input) else ""
         if name and self.only_reader(name, node):
             if name in self.initializers and name not in self.inputs:
-                self.initializers[name].CopyFrom(numpy_helper.from_array(value, name))
+                assign_array(self.initializers[name], value, name)
                 return
             producer = self.producer.get(name)
             if producer is not None and producer.op_type == "Constant" and self.only_reader(name, node):
@@ -183,7 +201,7 @@ class GraphIndex:
                 producer.attribute.append(onnx.helper.make_attribute("value", numpy_helper.from_array(value)))
                 return
         new_name = self.names.fresh(f"{node.name or node.output[0]}_{role}")
-        self.graph.initializer.append(numpy_helper.from_array(value, new_name))
+        assign_array(self.graph.initializer.add(), value, new_name)
         while len(node.input) <= slot:
             node.input.append("")
         node.input[slot] = new_name

@@ -217,7 +217,8 @@ def _checkable(model: onnx.ModelProto, applied: Sequence[AppliedFold]) -> list[s
 
 
 def _first_failing_fold(applied: Sequence[AppliedFold], report) -> tuple[AppliedFold, Any] | None:
-    failing = {t.name: t for t in report.tensors if not t.passed}
+    # a fold's output may itself be a graph output, compared under report.outputs
+    failing = {t.name: t for t in (*report.outputs, *report.tensors) if not t.passed}
     for fold in applied:  # applied is in graph order, so the first hit is the most upstream
         if fold.output in failing:
             return fold, failing[fold.output]

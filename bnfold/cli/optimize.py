@@ -60,6 +60,10 @@ def optimize_command(source: Path, output: Path | None, json_path: Path | None, 
         code = optimize_folder(source, output, settings, json_dir=json_path, jobs=jobs, recursive=recursive,
                                quiet=quiet)
         raise SystemExit(code)
+    if json_path is not None:
+        from bnfold.atomic import require_folder
+
+        require_folder(json_path)  # an unwritable report must fail before the model is written, not after
     outcome = optimize_file(source, output, settings)
     _finish(outcome, json_path, quiet=quiet, check=check)
 

@@ -65,6 +65,22 @@ def resolve_target(source: Path, output: Path | None, in_place: bool) -> Path:
     return target
 
 
+def _refuse_clobbering_input_data(source: Path, target: Path) -> None:
+    """The output (or its ``.data`` file) must not land on a file the input model reads its tensors from."""
+    at_risk = [p for p in (target, target.with_name(target.name + ".data")) if p.exists()]
+    if not at_risk:
+        return  # nothing there to clobber: skip parsing the input an extra time
+    from bnfold import io
+    from bnfold.external_data import check_external_data
+
+    model = io.load_model(source, load_external_data=False)
+    used = {os.path.realpath(source)} | {os.path.realpath(ref.path) for ref in check_external_data(
+        model, source.absolute().parent, require_files=False)}
+    for path in at_risk:
+        if os.path.realpath(path) in used:
+            raise UsageError(f"-o {target} would overwrite {path}, which the input model reads; choose another name")
+
+
 def optimize_file(source: Path, output: Path | None, settings: OptimizeSettings) -> FileOutcome:
     """Process one model; never raises for model problems: they become the outcome's exit code."""
     started = time.perf_counter()
@@ -86,6 +102,8 @@ def _run(source: Path, output: Path | None, settings: OptimizeSettings, outcome:
     target = None if settings.check else resolve_target(source, output, settings.in_place)
     if target is not None:
         io.require_folder(target)  # fail before the work, not after it
+        if target != source:
+            _refuse_clobbering_input_data(source, target)
     result = optimize(source, rules=settings.rules, skip_rules=settings.skip_rules,
                       verify=settings.verify and not settings.check, revert=settings.revert,
                       strict=settings.strict, force=settings.force, inputs=settings.inputs,
@@ -108,7 +126,6 @@ def _run(source: Path, output: Path | None, settings: OptimizeSettings, outcome:
 def _write(source: Path, target: Path, result, outcome: FileOutcome) -> None:
     from bnfold import io
 
-    outcome.target = str(target)
     external = io.uses_external_data(source)
     if not result.report.changed:
         if target != source and not external:
@@ -118,6 +135,7 @@ def _write(source: Path, target: Path, result, outcome: FileOutcome) -> None:
     else:
         io.save_model(result.model, target, external_data=True if external else None,
                       serialized=None if external else result.serialized)
+    outcome.target = str(target)  # only once written: a failed write reports "(nothing written)"
     outcome.size_after = os.path.getsize(target)
 
 

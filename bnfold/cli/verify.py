@@ -1,9 +1,126 @@
-"""Placeholder: `bnfold verify` (being written)."""
+"""``bnfold verify REFERENCE CANDIDATE``: run both in onnxruntime on the same inputs and compare.
+
+Exit codes: 0 the candidate matches; 1 it does not; 2 usage; 3 a model or its inputs are unusable;
+4 the JSON report cannot be written. The JSON report is written before the verdict, failures included.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
 
 import click
 
+from bnfold.cli.options import input_options
+from bnfold.errors import VerificationFailed
+
+MAX_TENSOR_ROWS = 12  # intermediate tensors listed one by one; beyond, only the failing ones up to this many
+
 
 @click.command("verify")
-def verify_command() -> None:
-    """Not implemented yet."""
-    raise click.ClickException("not implemented yet")
+@click.argument("reference", type=click.Path(path_type=Path))
+@click.argument("candidate", type=click.Path(path_type=Path))
+@click.option("--atol", type=click.FloatRange(min=0), default=None,
+              help="Tolerance relative to max(1, magnitude of the element's channel) [float32: 1e-4].")
+@click.option("--rtol", type=click.FloatRange(min=0), default=None,
+              help="Tolerance relative to each reference element [float32: 1e-5].")
+@click.option("--per-layer", is_flag=True,
+              help="Also compare every intermediate float tensor both models share; name the first that diverges.")
+@click.option("--check-tensor", "check_tensors", multiple=True, metavar="NAME",
+              help="Also compare this intermediate tensor; it counts for the verdict (repeatable).")
+@click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True)
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
+              help="Write the JSON report here (also when verification fails).")
+@input_options
+def verify_command(reference: Path, candidate: Path, atol: float | None, rtol: float | None, per_layer: bool,
+                   check_tensors: tuple[str, ...], provider: str, json_path: Path | None, input_shapes, inputs,
+                   samples: int, seed: int, value_range) -> None:
+    """Check that CANDIDATE computes what REFERENCE computes (onnxruntime, graph optimizations disabled).
+
+    Exit codes: 0 match; 1 mismatch; 2 usage; 3 model or inputs unusable; 4 report cannot be written.
+    """
+    from bnfold.atomic import require_folder, write_text_atomic
+    from bnfold.verification import verify
+
+    if json_path is not None:
+        require_folder(json_path)  # fail before the (possibly long) run, not after it
+    report = verify(str(reference), str(candidate), inputs=inputs, input_shapes=dict(input_shapes) or None,
+                    atol=atol, rtol=rtol, per_layer=per_layer, samples=samples, seed=seed, value_range=value_range,
+                    provider=provider, check_tensors=check_tensors)
+    if json_path is not None:
+        write_text_atomic(json_path, report.to_json() + "\n")
+    click.echo(render(report, reference=str(reference), candidate=str(candidate)))
+    if not report.passed:
+        raise VerificationFailed(f"verification failed: {report.summary()}", report)
+
+
+def render(report, *, reference: str, candidate: str) -> str:
+    """The plain-text report: how the models were run, one row per compared tensor, the verdict."""
+    lines = [f"bnfold verify {reference} (reference) vs {candidate} (candidate)"]
+    lines += [f"  input {_input_line(spec)}" for spec in report.inputs]
+    lines.append(f"  onnxruntime {report.provider}, graph optimizations {report.graph_optimizations}; "
+                 f"{report.samples} sample(s), seed {report.seed}; atol {_tol(report.atol)} "
+                 f"(x max(1, channel magnitude)), rtol {_tol(report.rtol)}")
+    lines += _table("output", report.outputs)
+    if report.tensors:
+        lines += _tensor_rows(report)
+    if report.first_divergence:
+        d = report.first_divergence
+        where = f" from node {d['node']!r} ({d['op_type']})" if d.get("node") else ""
+        lines.append(f"First divergence: tensor {d['tensor']!r}{where}")
+    lines += [f"Note: {note}" for note in report.notes]
+    lines.append(("PASS: " if report.passed else "FAIL: ") + report.summary())
+    return "\n".join(lines)
+
+
+def _input_line(spec) -> str:
+    text = f"{spec.name} {spec.dtype} {_dims(spec.shape)}"
+    if spec.chosen:
+        guesses = ", ".join(f"dim {i}={v}" for i, v in spec.chosen.items())
+        declared = ", ".join("?" if d is None else str(d) for d in spec.declared or ())
+        text += f" (guessed {guesses}; declared [{declared}]; set with --input-shape)"
+    return text
+
+
+def _dims(shape) -> str:
+    return "x".join("?" if d is None else str(d) for d in shape) or "scalar"
+
+
+def _tol(value) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {v:g}" for k, v in value.items())
+    return f"{value:g}"
+
+
+def _tensor_rows(report) -> list[str]:
+    tensors = report.tensors
+    failing = [t for t in tensors if not t.passed]
+    if len(tensors) <= MAX_TENSOR_ROWS:
+        return _table("tensor", tensors)
+    shown = failing[:MAX_TENSOR_ROWS]
+    lines = [f"{len(tensors)} intermediate tensors compared, {len(failing)} beyond tolerance"
+             + (f"; the first {len(shown)}:" if shown else "")]
+    return lines + (_table("tensor", shown) if shown else [])
+
+
+def _table(kind: str, comparisons) -> list[str]:
+    if not comparisons:
+        return []
+    width = min(48, max(len(kind), *(len(c.name) for c in comparisons)))
+    head = (f"{kind:<{width}}  {'dtype':<8} {'shape':<14} {'max abs':>9} {'max rel':>9} {'cosine':>12} "
+            f"{'mismatched':>15} {'top-1':>6}  result")
+    rows = [head]
+    for c in comparisons:
+        name = c.name if len(c.name) <= width else "..." + c.name[-(width - 3):]
+        if c.note:
+            rows.append(f"{name:<{width}}  {c.dtype:<8} {_dims(c.shape):<14} {c.note}  FAIL")
+            continue
+        top1 = "-" if c.top1_agreement is None else f"{c.top1_agreement:.0%}"
+        rows.append(f"{name:<{width}}  {c.dtype:<8} {_dims(c.shape):<14} {_num(c.max_abs_error):>9} "
+                    f"{_num(c.max_rel_error):>9} {c.cosine:>12.9f} {f'{c.mismatched}/{c.compared}':>15} "
+                    f"{top1:>6}  {'ok' if c.passed else 'FAIL'}")
+    return rows
+
+
+def _num(value: float) -> str:
+    return "nan" if math.isnan(value) else f"{value:.2e}"

@@ -1,0 +1,211 @@
+"""Shared helpers for the measurement scripts: interleaved timing, peak memory in fresh processes, tables.
+
+Why peak memory is read from ``/proc/self/status`` (VmHWM) inside the child and not from
+``getrusage``: on Linux a process's ``ru_maxrss`` inherits the high-water mark of the memory map it
+replaced at ``exec``, i.e. the *parent's* peak, and ``RUSAGE_CHILDREN`` is the largest child so far.
+Either would let one measurement's peak leak into the next; VmHWM starts afresh with every exec.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import gc
+import importlib.util
+import json
+import os
+import platform
+import pstats
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # the `models` package and an uninstalled bnfold
+RESULTS = ROOT / "benchmarks" / "results"
+MIB = 1024 * 1024
+RESULT_MARK = "@@measure "  # peers print to stdout; the child's figures are on the line after this mark
+
+Runner = Callable[[Path, Path], object]  # may return a dict of facts for the report
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way of turning the source model into an output file; ``setup`` imports and returns the runner."""
+
+    key: str
+    label: str
+    setup: Callable[[], Runner]
+    requires: tuple[str, ...] = ()  # optional modules; the variant is skipped when one is missing
+
+    def missing(self) -> str | None:
+        for module in self.requires:
+            if importlib.util.find_spec(module) is None:
+                return module
+        return None
+
+
+@dataclass(frozen=True)
+class Memory:
+    peak: int  # bytes: VmHWM of the child, interpreter and imports included
+    imports: int  # bytes: VmRSS after the imports, before the work
+    seconds: float  # the one run's wall time (cold caches of a fresh process)
+    info: dict | None = None  # what the runner returned, when it returned a dict
+
+
+# ---------------------------------------------------------------- files and processes
+
+def status_bytes(field: str) -> int:
+    """A ``/proc/self/status`` figure (VmRSS, VmHWM) in bytes; 0 where /proc is unavailable."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def remove_outputs(path: Path) -> None:
+    """Delete a model and its ``.data`` companion so every timed write creates fresh files."""
+    for candidate in (path, path.with_name(path.name + ".data")):
+        candidate.unlink(missing_ok=True)
+
+
+def free_bytes(folder: Path) -> int:
+    return shutil.disk_usage(folder).free
+
+
+def child_main(variants: Sequence[Variant], key: str, source: str, output: str) -> None:
+    """Entry point of a measuring child: import, run the variant once, print its figures."""
+    runner = next(v for v in variants if v.key == key).setup()
+    gc.collect()
+    imports = status_bytes("VmRSS")
+    started = time.perf_counter()
+    info = runner(Path(source), Path(output))
+    seconds = time.perf_counter() - started
+    figures = {"peak": status_bytes("VmHWM"), "imports": imports, "seconds": seconds,
+               "info": info if isinstance(info, dict) else None}
+    print(RESULT_MARK + json.dumps(figures), flush=True)
+
+
+def measure_in_child(script: Path, key: str, source: Path, output: Path, *, timeout: float = 1800,
+                     fresh_output: bool = True) -> Memory:
+    """Run ``script --child key source output`` in a fresh interpreter and read back its figures."""
+    if fresh_output:
+        remove_outputs(output)
+    command = [sys.executable, str(script), "--child", key, str(source), str(output)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+    marked = [line for line in done.stdout.splitlines() if line.startswith(RESULT_MARK)]
+    if done.returncode != 0 or not marked:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
+        raise RuntimeError(f"child {key!r} failed (exit {done.returncode}): " + " | ".join(tail))
+    return Memory(**json.loads(marked[-1][len(RESULT_MARK):]))
+
+
+# ---------------------------------------------------------------- timing
+
+def time_interleaved(runners: dict[str, Runner], source: Path, folder: Path, rounds: int,
+                     progress: Callable[[str], None] = lambda _: None) -> dict[str, list[float]]:
+    """Run every runner once per round, alternating forward and reversed order, so drift hits all alike."""
+    keys = list(runners)
+    times: dict[str, list[float]] = {key: [] for key in keys}
+    for round_no in range(rounds):
+        for key in keys if round_no % 2 == 0 else keys[::-1]:
+            output = folder / f"{key}.onnx"
+            remove_outputs(output)
+            gc.collect()
+            started = time.perf_counter()
+            runners[key](source, output)
+            times[key].append(time.perf_counter() - started)
+        progress(f"round {round_no + 1}/{rounds}: " + ", ".join(f"{k} {times[k][-1]:.2f}s" for k in keys))
+    return times
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+# ---------------------------------------------------------------- profiling
+
+@dataclass(frozen=True)
+class Part:
+    """A function whose cumulative time is one line of a profile breakdown."""
+
+    label: str
+    file_suffix: str  # "~" for built-in methods
+    name: str  # function name; for built-ins, a substring of cProfile's description
+
+
+def profile_call(call: Callable[[], object]) -> pstats.Stats:
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        call()
+    finally:
+        profiler.disable()
+    return pstats.Stats(profiler)
+
+
+def cumulative(stats: pstats.Stats, part: Part) -> float:
+    """Seconds spent in (and below) every function matching *part*."""
+    total = 0.0
+    for (filename, _line, name), (_cc, _nc, _tt, ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
+        if part.file_suffix == "~":
+            if filename == "~" and part.name in name:
+                total += ct
+        elif filename.replace(os.sep, "/").endswith(part.file_suffix) and name == part.name:
+            total += ct
+    return total
+
+
+# ---------------------------------------------------------------- reporting
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def verdict(value: float | None, limit: float) -> str:
+    """'met' or 'MISSED by N%' for a ratio that must stay at or below *limit*."""
+    if value is None:
+        return "n/a"
+    if value <= limit:
+        return "met"
+    return f"MISSED by {100 * (value / limit - 1):.0f}%"
+
+
+def mib(nbytes: float) -> str:
+    return f"{nbytes / MIB:,.0f}"
+
+
+def versions_line(packages: Sequence[str]) -> str:
+    """Interpreter, machine and package versions: figures mean little without them."""
+    found = []
+    for name in packages:
+        try:
+            found.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            found.append(f"{name} (not installed)")
+    cpu = platform.processor() or platform.machine()
+    return (f"Python {platform.python_version()}, {platform.system()} {cpu}, {os.cpu_count()} CPUs; "
+            + ", ".join(found))
+
+
+def write_result(name: str, text: str) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

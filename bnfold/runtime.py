@@ -1,0 +1,183 @@
+"""onnxruntime sessions made one way for verify and bench.
+
+Everything that runs a model goes through :func:`create_session`, so provider names, optimisation
+levels, thread counts and error messages are the same everywhere. Two promises keep big models cheap:
+
+- a path is handed to onnxruntime as a path (no parse, no re-serialisation) unless intermediate
+  tensors must be exposed as extra outputs; then only the graph is parsed (external data stays on
+  disk, found through the model's folder) and serialised once;
+- a ``ModelProto`` is serialised exactly once and never copied: extra outputs are appended for the
+  duration of that one serialisation and removed again, so the caller's proto is left as it was.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+
+from bnfold.errors import ModelLoadError, RuntimeUnavailableError, UsageError
+
+ModelSource = onnx.ModelProto | bytes | str | os.PathLike
+
+# bnfold's short names -> onnxruntime providers, most wanted first; accelerators fall back to CPU
+# for the nodes they cannot run, as onnxruntime does by itself when given the list.
+PROVIDERS: dict[str, tuple[str, ...]] = {
+    "cpu": ("CPUExecutionProvider",),
+    "cuda": ("CUDAExecutionProvider", "CPUExecutionProvider"),
+    "tensorrt": ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
+}
+
+OPT_LEVELS: dict[str, ort.GraphOptimizationLevel] = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+# Lets a model serialised from memory find external data files next to the original .onnx.
+_EXTERNAL_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
+
+
+def available_providers() -> list[str]:
+    """The bnfold provider names this onnxruntime build can use, e.g. ``["cpu"]``."""
+    installed = set(ort.get_available_providers())
+    return [short for short, names in PROVIDERS.items() if names[0] in installed]
+
+
+def create_session(
+    model: ModelSource,
+    *,
+    provider: str = "cpu",
+    opt_level: str = "disable",
+    threads: int | None = None,
+    extra_outputs: Sequence[str] = (),
+) -> ort.InferenceSession:
+    """An ``InferenceSession`` for *model*, optionally exposing intermediate tensors as outputs.
+
+    Raises UsageError for unknown provider/level names or extra outputs the graph does not
+    produce, RuntimeUnavailableError when the provider is not usable here, and ModelLoadError
+    (onnxruntime's message on one line) when onnxruntime refuses the model.
+    """
+    providers = _providers_for(provider)
+    options = _session_options(opt_level, threads)
+    payload = _payload(model, tuple(dict.fromkeys(extra_outputs)), options)
+    try:
+        session = ort.InferenceSession(payload, options, providers=list(providers))
+    except Exception as exc:  # onnxruntime raises its own pybind11 exception types
+        raise ModelLoadError(f"onnxruntime cannot load the model: {one_line(exc)}") from None
+    if providers[0] not in session.get_providers():
+        raise RuntimeUnavailableError(
+            f"provider {provider!r} could not be initialised ({providers[0]} missing from the session); "
+            f"available: {', '.join(available_providers())}"
+        )
+    return session
+
+
+def one_line(exc: BaseException) -> str:
+    """onnxruntime's message squeezed onto one line (its messages span several)."""
+    return " ".join(str(exc).split())
+
+
+def _providers_for(provider: str) -> tuple[str, ...]:
+    if provider not in PROVIDERS:
+        raise UsageError(f"unknown provider {provider!r}; choose one of: {', '.join(PROVIDERS)}")
+    wanted = PROVIDERS[provider]
+    if wanted[0] not in ort.get_available_providers():
+        raise RuntimeUnavailableError(
+            f"provider {provider!r} ({wanted[0]}) is not available in this onnxruntime build; "
+            f"available: {', '.join(available_providers())}"
+        )
+    return wanted
+
+
+def _session_options(opt_level: str, threads: int | None) -> ort.SessionOptions:
+    if opt_level not in OPT_LEVELS:
+        raise UsageError(f"unknown optimisation level {opt_level!r}; choose one of: {', '.join(OPT_LEVELS)}")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = OPT_LEVELS[opt_level]
+    options.log_severity_level = 3  # errors only: warnings about unused initializers are noise here
+    if threads is not None:
+        if threads < 1:
+            raise UsageError(f"threads must be >= 1, got {threads}")
+        options.intra_op_num_threads = threads
+    return options
+
+
+def _payload(model: ModelSource, extra: tuple[str, ...], options: ort.SessionOptions) -> str | bytes:
+    """What to hand onnxruntime: the path itself when possible, else the serialised graph."""
+    if isinstance(model, onnx.ModelProto):
+        return _serialise_with_outputs(model, extra)
+    if isinstance(model, (bytes, bytearray)):
+        if not extra:
+            return bytes(model)
+        return _serialise_with_outputs(_parse(bytes(model)), extra)
+    if isinstance(model, (str, os.PathLike)):
+        path = Path(model)
+        if not path.is_file():
+            raise ModelLoadError(f"model file not found: {path}")
+        if not extra:
+            return str(path)
+        graph_only = _load_graph(path)
+        options.add_session_config_entry(_EXTERNAL_FOLDER_KEY, str(path.resolve().parent))
+        return _serialise_with_outputs(graph_only, extra)
+    raise UsageError(f"expected a ModelProto, bytes or a path, got {type(model).__name__}")
+
+
+def load_graph(model: ModelSource) -> onnx.ModelProto:
+    """The model's structure for reading names and shapes: a proto as is, bytes parsed, a path loaded
+    without its external data (weights stay on disk; only the graph is needed)."""
+    if isinstance(model, onnx.ModelProto):
+        return model
+    if isinstance(model, (bytes, bytearray)):
+        return _parse(bytes(model))
+    if isinstance(model, (str, os.PathLike)):
+        path = Path(model)
+        if not path.is_file():
+            raise ModelLoadError(f"model file not found: {path}")
+        return _load_graph(path)
+    raise UsageError(f"expected a ModelProto, bytes or a path, got {type(model).__name__}")
+
+
+def _parse(data: bytes) -> onnx.ModelProto:
+    try:
+        return onnx.load_model_from_string(data)
+    except Exception as exc:
+        raise ModelLoadError(f"not an ONNX model: {one_line(exc)}") from None
+
+
+def _load_graph(path: Path) -> onnx.ModelProto:
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot read {path}: {one_line(exc)}") from None
+
+
+def _serialise_with_outputs(model: onnx.ModelProto, extra: tuple[str, ...]) -> bytes:
+    """Serialise *model* once with *extra* appended as graph outputs, leaving *model* unchanged."""
+    graph = model.graph
+    present = {o.name for o in graph.output}
+    added = [name for name in extra if name not in present]
+    _check_produced(graph, added)
+    for name in added:
+        graph.output.append(onnx.ValueInfoProto(name=name))  # type left open: onnxruntime infers it
+    try:
+        return model.SerializeToString()
+    except ValueError as exc:  # protobuf's 2 GiB limit
+        raise ModelLoadError(f"model too large to serialise ({one_line(exc)}); save it with external data") from None
+    finally:
+        if added:
+            del graph.output[len(graph.output) - len(added):]
+
+
+def _check_produced(graph: onnx.GraphProto, names: list[str]) -> None:
+    if not names:
+        return
+    produced = {out for node in graph.node for out in node.output if out}
+    produced.update(i.name for i in graph.input)
+    missing = [n for n in names if n not in produced]
+    if missing:
+        raise UsageError(f"cannot expose {', '.join(map(repr, missing))}: no node of the main graph produces it")
