@@ -105,8 +105,9 @@ def _load(model_or_path: onnx.ModelProto | str | os.PathLike) -> tuple[onnx.Mode
 
 
 def _fold(model: onnx.ModelProto, enabled, disabled, exclude, metadata: bool) -> FoldOutcome:
+    cleaned_first = clean_graph(model.graph)  # a dead reader must not block a fold it would later vanish from
     outcome = fold_model(model, enabled, disabled=disabled, exclude=exclude)
-    outcome.cleaned = clean_graph(model.graph)
+    outcome.cleaned = clean_graph(model.graph) or cleaned_first
     if metadata and (outcome.applied or outcome.cleaned):
         strip_provenance(model)  # before any serialisation: this run's entries replace earlier ones
     return outcome
