@@ -22,7 +22,7 @@ from pathlib import Path
 import _measure as m
 
 MEMORY_VS_LOAD_SAVE = 1.3
-DISK_FACTOR = 2.5  # source + one output at a time, plus headroom
+DISK_FACTOR = 3.5  # source + one output at a time + a verification candidate in the temp folder, plus headroom
 SPATIAL = 4  # input height and width: enough to run every layer, small enough to keep inference short
 
 
@@ -35,13 +35,17 @@ def _onnx_load_save(src: Path, out: Path) -> dict:
     return {}
 
 
-def _bnfold_optimize(src: Path, out: Path) -> dict:
+def _bnfold_optimize(src: Path, out: Path, *, verify: bool = False) -> dict:
     from bnfold.cli.optimize_file import OptimizeSettings, optimize_file
 
-    outcome = optimize_file(src, out, OptimizeSettings(verify=False))
+    outcome = optimize_file(src, out, OptimizeSettings(verify=verify, samples=1))
     if outcome.exit_code != 0:
         raise RuntimeError(f"bnfold optimize failed ({outcome.exit_code}): {outcome.message}")
-    return {"folds": len(outcome.report.applied)}
+    return {"folds": len(outcome.report.applied), "verification": outcome.report.verification.status}
+
+
+def _bnfold_optimize_verified(src: Path, out: Path) -> dict:
+    return _bnfold_optimize(src, out, verify=True)
 
 
 def _check_folded(src: Path, folded: Path) -> dict:
@@ -78,6 +82,8 @@ VARIANTS = (
     m.Variant("check", "load the folded model back (bnfold.io.load_model)", _importing(("bnfold.io",), _check_folded)),
     m.Variant("verify", "bnfold.verify(original, folded, samples=1) in onnxruntime",
               _importing(("bnfold.verification",), _verify_folded)),
+    m.Variant("verified", "bnfold optimize --samples 1 (with verification; --with-verification)",
+              _importing(("bnfold.cli.optimize_file", "bnfold.optimizer"), _bnfold_optimize_verified)),
 )
 
 
@@ -165,6 +171,10 @@ def _measure_all(args: argparse.Namespace, folder: Path) -> dict:
     if not args.no_ort:
         m.log("verifying original vs folded in onnxruntime ...")
         extra["verify"] = m.measure_in_child(script, "verify", source, folded, fresh_output=False)
+    if args.with_verification:
+        m.remove_outputs(folded)  # one output on disk at a time
+        m.log("bnfold optimize with verification ...")
+        extra["verified"] = m.measure_in_child(script, "verified", source, folded)
     return dict(runs=runs, sizes=sizes, extra=extra, weight_bytes=weight_bytes, build_seconds=build_seconds,
                 source_size=_pair_size(source), args=args)
 
@@ -176,7 +186,7 @@ def _rows(r: dict) -> list[tuple]:
     for variant in VARIANTS:
         found = runs.get(variant.key) or ([r["extra"][variant.key]] if variant.key in r["extra"] else [])
         if not found:
-            rows.append((variant.label, "skipped (--no-ort)", "", "", "", ""))
+            rows.append((variant.label, "skipped", "", "", "", ""))
             continue
         seconds, peak = m.median([x.seconds for x in found]), m.median([x.peak for x in found])
         notes = {**(found[-1].info or {})}
@@ -223,6 +233,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--layers", type=int, default=64, help="Conv+BN layers (default 64: ~2.4 GB)")
     parser.add_argument("--repeats", type=int, default=1, help="runs of load+save and of bnfold (default 1)")
     parser.add_argument("--no-ort", action="store_true", help="skip running the models in onnxruntime")
+    parser.add_argument("--with-verification", action="store_true",
+                        help="also time bnfold optimize with verification (several GB more memory, minutes)")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()),
                         help="where a temporary folder for the files is made (default: the system temp folder)")
     parser.add_argument("--child", nargs=3, metavar=("KEY", "SOURCE", "OUTPUT"), help=argparse.SUPPRESS)

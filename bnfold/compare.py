@@ -3,10 +3,12 @@
 The pass/fail rule, per element, for elements finite in both tensors::
 
     |c - r| <= atol * scale + rtol * |r|
-    scale = max(1, max|r| over the element's channel)
+    scale = max(1, max|r| over the element's channel, in every sample)
 
 The channel is the element's index on axis 1 (C of NCHW activations, F of [N, F]; the whole tensor
-below rank 2). So ``atol`` is relative to the magnitude of the channel the element belongs to: a
+below rank 2), and its magnitude is taken over all samples: a [1, F] tensor has one element per
+channel per sample, which may be small by cancellation of large terms whose rounding it still carries.
+So ``atol`` is relative to the magnitude of the channel the element belongs to: a
 layer's output is judged channel by channel, as BatchNormalization scales it, and a 1 % fault in a
 quiet channel is not hidden by a loud neighbour; near-zero elements are judged on their channel's
 scale, not their own. Below magnitude 1 ``atol`` is absolute: probabilities and masks near 0 must not
@@ -71,19 +73,26 @@ class _Sample:
     max_rel: float
     mean_abs: float
     magnitude: float
-    max_scaled: float
     cosine: float
     mismatched: int
     new_nonfinite: int
     top1: float | None
     compared: int
+    channel_magnitude: np.ndarray  # max|r| per channel (one value below rank 2)
+    channel_error: np.ndarray  # max |c - r| per channel
 
 
-def compare_arrays(reference: np.ndarray, candidate: np.ndarray, tolerance: Tolerance) -> _Sample:
-    """Statistics for one sample; shapes must already match. Non-numeric tensors must be equal."""
+def compare_arrays(reference: np.ndarray, candidate: np.ndarray, tolerance: Tolerance,
+                   channel_magnitude: np.ndarray | None = None) -> _Sample:
+    """Statistics for one sample; shapes must already match. Non-numeric tensors must be equal.
+
+    *channel_magnitude* (max|r| per channel over all samples) replaces this sample's own where larger.
+    """
     if reference.dtype.kind in "OSU" or candidate.dtype.kind in "OSU":
         unequal = int(np.count_nonzero(np.asarray(reference) != np.asarray(candidate)))
-        return _Sample(0.0, 0.0, 0.0, 0.0, 0.0, 1.0 if unequal == 0 else 0.0, unequal, 0, None, int(reference.size))
+        zero = np.zeros(1)
+        return _Sample(0.0, 0.0, 0.0, 0.0, 1.0 if unequal == 0 else 0.0, unequal, 0, None, int(reference.size),
+                       zero, zero)
     # float32 arithmetic is ample for half/single tensors (differences of close values are exact);
     # sums below accumulate in float64. Integers and doubles are compared in float64.
     work = np.float32 if reference.dtype.itemsize <= 4 and reference.dtype.kind in "fV" else np.float64
@@ -105,46 +114,47 @@ def compare_arrays(reference: np.ndarray, candidate: np.ndarray, tolerance: Tole
         diff = np.subtract(c, r, dtype=np.float64)  # finite values far apart can overflow float32
     np.abs(diff, out=diff)
     abs_r = np.abs(r)
-    scale = channel_scale(abs_r)
+    own = per_channel_max(abs_r)
+    magnitudes = own if channel_magnitude is None else np.maximum(own, channel_magnitude)
     threshold = abs_r * tolerance.rtol
-    threshold += tolerance.atol * scale
+    threshold += tolerance.atol * _broadcast(scale_of(magnitudes), abs_r.ndim)
     mismatched = int(np.count_nonzero(diff > threshold)) + odd_mismatch
     del threshold
-    magnitude = float(abs_r.max()) if r.size else 0.0
+    magnitude = float(own.max()) if r.size else 0.0
     rel_floor = REL_FLOOR * magnitude if magnitude > 0 else np.finfo(np.float64).tiny
     return _Sample(
         max_abs=float(diff.max()) if diff.size else 0.0,
         max_rel=float((diff / np.maximum(abs_r, rel_floor)).max()) if diff.size else 0.0,
         mean_abs=float(diff.sum(dtype=np.float64) / finite_count) if finite_count else 0.0,
         magnitude=magnitude,
-        max_scaled=_max_scaled(diff, scale),
         cosine=_cosine(r.ravel(), c.ravel()),
         mismatched=mismatched,
         new_nonfinite=new_nonfinite,
         top1=_top1(reference, candidate),
         compared=int(np.size(reference)),
+        channel_magnitude=own,
+        channel_error=per_channel_max(diff),
     )
 
 
-def channel_scale(abs_r: np.ndarray) -> np.ndarray | float:
-    """max(1, max|r|) per channel (axis 1), shaped to broadcast against *abs_r*; whole tensor below rank 2."""
-    if abs_r.size == 0:
-        return SCALE_FLOOR
-    if abs_r.ndim < 2:
-        return max(float(abs_r.max()), SCALE_FLOOR)
-    batch, channels = abs_r.shape[:2]
-    per_channel = abs_r.reshape(batch, channels, -1).max(axis=(0, 2))
-    return np.maximum(per_channel, SCALE_FLOOR).reshape((1, channels) + (1,) * (abs_r.ndim - 2))
+def per_channel_max(a: np.ndarray) -> np.ndarray:
+    """max over everything but axis 1, as a float64 vector (one value below rank 2)."""
+    if a.ndim < 2:
+        return np.array([a.max() if a.size else 0.0], dtype=np.float64)
+    batch, channels = a.shape[:2]
+    if a.size == 0:
+        return np.zeros(channels)
+    return a.reshape(batch, channels, -1).max(axis=(0, 2)).astype(np.float64)
 
 
-def _max_scaled(diff: np.ndarray, scale: np.ndarray | float) -> float:
-    """max |c - r| / scale, reduced per channel first so no full-size temporary is made."""
-    if diff.size == 0:
-        return 0.0
-    if np.ndim(scale) == 0:
-        return float(diff.max() / scale)
-    per_channel = diff.reshape(diff.shape[0], diff.shape[1], -1).max(axis=(0, 2))
-    return float((per_channel / np.ravel(scale)).max())
+def scale_of(magnitudes: np.ndarray) -> np.ndarray:
+    return np.maximum(magnitudes, SCALE_FLOOR)
+
+
+def _broadcast(per_channel: np.ndarray, ndim: int) -> np.ndarray | float:
+    if ndim < 2:
+        return float(per_channel[0])
+    return per_channel.reshape((1, per_channel.size) + (1,) * (ndim - 2))
 
 
 def _cosine(r: np.ndarray, c: np.ndarray) -> float:
@@ -168,31 +178,51 @@ def _top1(reference: np.ndarray, candidate: np.ndarray) -> float | None:
 
 
 class WorstCase:
-    """Folds per-sample statistics of one tensor into its worst case over samples."""
+    """Folds per-sample statistics of one tensor into its worst case over samples.
+
+    Samples are first judged on their own channel magnitudes. The scale over all samples can only be
+    larger, so only a sample that failed needs judging again (``to_rejudge``) with ``channel_magnitude``.
+    """
 
     def __init__(self, name: str, dtype: str, shape: tuple[int, ...], tolerance: Tolerance) -> None:
         self.name, self.dtype, self.shape, self.tolerance = name, dtype, shape, tolerance
-        self.samples: list[_Sample] = []
+        self.samples: dict[int, _Sample] = {}
         self.note: str | None = None
 
-    def add(self, sample: _Sample) -> None:
-        self.samples.append(sample)
+    def add(self, index: int, sample: _Sample) -> None:
+        self.samples[index] = sample
+
+    @property
+    def channel_magnitude(self) -> np.ndarray | None:
+        """max|r| per channel over all samples; None when samples differ in channel count."""
+        vectors = [s.channel_magnitude for s in self.samples.values()]
+        if not vectors or len({v.shape for v in vectors}) != 1:
+            return None
+        return np.maximum.reduce(vectors)
+
+    def to_rejudge(self) -> list[int]:
+        overall = self.channel_magnitude
+        if self.note is not None or overall is None:
+            return []
+        return [i for i, s in self.samples.items()
+                if s.mismatched and np.any(scale_of(overall) > scale_of(s.channel_magnitude))]
 
     def result(self) -> TensorComparison:
         if self.note is not None or not self.samples:
             return TensorComparison.failed(self.name, self.note or "not compared", dtype=self.dtype, shape=self.shape)
-        s = self.samples
-        max_abs = max(x.max_abs for x in s)
-        ratios = [_ratio(x.max_abs, x.magnitude) for x in s]
+        s = list(self.samples.values())
+        overall = self.channel_magnitude
+        scaled = [float((x.channel_error / scale_of(x.channel_magnitude if overall is None else overall)).max())
+                  for x in s]
         top1 = [x.top1 for x in s if x.top1 is not None]
         mismatched = sum(x.mismatched for x in s)
         new_nonfinite = sum(x.new_nonfinite for x in s)
         return TensorComparison(
             name=self.name, dtype=self.dtype, shape=self.shape,
-            max_abs_error=max_abs,
+            max_abs_error=max(x.max_abs for x in s),
             max_rel_error=max(x.max_rel for x in s),
             mean_abs_error=max(x.mean_abs for x in s),
-            error_vs_magnitude=max(ratios),
+            error_vs_magnitude=max(_ratio(x.max_abs, x.magnitude) for x in s),
             cosine=min(x.cosine for x in s),
             mismatched=mismatched,
             new_nonfinite=new_nonfinite,
@@ -200,7 +230,7 @@ class WorstCase:
             passed=mismatched == 0 and new_nonfinite == 0,
             compared=sum(x.compared for x in s),
             magnitude=max(x.magnitude for x in s),
-            max_scaled_error=max(x.max_scaled for x in s),
+            max_scaled_error=max(scaled),
             atol=self.tolerance.atol,
             rtol=self.tolerance.rtol,
         )

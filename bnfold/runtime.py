@@ -7,7 +7,8 @@ levels, thread counts and error messages are the same everywhere. Two promises k
   tensors must be exposed as extra outputs; then only the graph is parsed (external data stays on
   disk, found through the model's folder) and serialised once;
 - a ``ModelProto`` is serialised exactly once and never copied: extra outputs are appended for the
-  duration of that one serialisation and removed again, so the caller's proto is left as it was.
+  duration of that one serialisation and removed again, so the caller's proto is left as it was
+  (don't hand the same proto to two threads creating sessions at once).
 """
 
 from __future__ import annotations
@@ -144,16 +145,20 @@ def load_graph(model: ModelSource) -> onnx.ModelProto:
 
 def _parse(data: bytes) -> onnx.ModelProto:
     try:
-        return onnx.load_model_from_string(data)
+        model = onnx.load_model_from_string(data)
     except Exception as exc:
         raise ModelLoadError(f"not an ONNX model: {one_line(exc)}") from None
+    if model.ir_version <= 0 or not model.HasField("graph"):  # protobuf parses b"" and much else
+        raise ModelLoadError("not an ONNX model: the bytes hold no IR version or no graph")
+    return model
 
 
 def _load_graph(path: Path) -> onnx.ModelProto:
-    try:
-        return onnx.load(str(path), load_external_data=False)
-    except Exception as exc:
-        raise ModelLoadError(f"cannot read {path}: {one_line(exc)}") from None
+    """The graph without external data, through bnfold.io: the same refusals (empty, not ONNX, external
+    data reaching outside the model's folder) as every other command."""
+    from bnfold.io import load_model
+
+    return load_model(path, load_external_data=False)
 
 
 def _serialise_with_outputs(model: onnx.ModelProto, extra: tuple[str, ...]) -> bytes:

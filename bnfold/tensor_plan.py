@@ -54,6 +54,24 @@ def plan_tensors(ref: onnx.GraphProto, cand: onnx.GraphProto, check_tensors: Seq
     return TensorPlan(outputs, missing, checked + layers, set(checked), set(layers), notes)
 
 
+def check_same_inputs(ref: onnx.GraphProto, cand: onnx.GraphProto) -> None:
+    """Both models must take the same inputs with the same element types, or they cannot share feeds."""
+
+    def inputs(graph: onnx.GraphProto) -> dict[str, int]:
+        initializers = {t.name for t in graph.initializer}
+        return {v.name: v.type.tensor_type.elem_type for v in graph.input if v.name not in initializers}
+
+    ref_inputs, cand_inputs = inputs(ref), inputs(cand)
+    if set(ref_inputs) != set(cand_inputs):
+        only_ref = sorted(set(ref_inputs) - set(cand_inputs))
+        only_cand = sorted(set(cand_inputs) - set(ref_inputs))
+        raise UsageError(f"the models take different inputs: only in the reference: {only_ref or 'none'}; "
+                         f"only in the candidate: {only_cand or 'none'}")
+    differ = sorted(n for n in ref_inputs if ref_inputs[n] != cand_inputs[n])
+    if differ:
+        raise UsageError(f"inputs {differ} have different element types in the two models")
+
+
 def _validate_checks(ref: onnx.GraphProto, cand: onnx.GraphProto, names: list[str]) -> list[str]:
     ref_made, cand_made = set(_producers(ref)), set(_producers(cand))
     problems = []

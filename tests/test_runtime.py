@@ -87,6 +87,10 @@ def test_providers(model):
 def test_invalid_models_raise_one_line_load_errors(model, tmp_path):
     with pytest.raises(ModelLoadError, match="not found"):
         create_session(tmp_path / "missing.onnx")
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    for empty in (b"", tmp_path / "empty.onnx"):  # protobuf parses nothing into an empty message
+        with pytest.raises(ModelLoadError, match="not an ONNX model"):
+            load_graph(empty)
     with pytest.raises(ModelLoadError) as caught:
         create_session(b"not a model at all")
     assert "\n" not in str(caught.value) and "onnxruntime cannot load" in str(caught.value)

@@ -13,7 +13,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from bnfold.compare import Tolerance, compare_arrays
+from bnfold.compare import Tolerance, WorstCase, compare_arrays
 from bnfold.errors import InputSpecError, UsageError
 from bnfold.report import SCHEMA_VERSION
 from bnfold.verification import DEFAULT_TOLERANCES, VerifyReport, verify
@@ -139,6 +139,15 @@ def test_check_tensors_judge_the_fold_output(reference):
     assert verify(reference, hand_fold(reference), check_tensors=["bn1_out"]).passed
 
 
+def test_model_sources_are_interchangeable(reference, tmp_path):
+    candidate = hand_fold(reference, {"bn1": scale_channel()})
+    onnx.save(candidate, tmp_path / "c.onnx")
+    reports = [verify(reference.SerializeToString(), source, per_layer=True, samples=1)
+               for source in (candidate, candidate.SerializeToString(), tmp_path / "c.onnx", str(tmp_path / "c.onnx"))]
+    assert {r.first_divergence["tensor"] for r in reports} == {"bn1_out"}
+    assert len({r.outputs[0].max_abs_error for r in reports}) == 1
+
+
 def test_check_tensor_missing_from_a_model_is_a_usage_error(reference):
     with pytest.raises(UsageError, match="conv1_out.*candidate"):
         verify(reference, hand_fold(reference), check_tensors=["conv1_out"])
@@ -230,7 +239,23 @@ def test_quiet_channel_fault_is_not_hidden_by_a_loud_channel():
     candidate = reference.copy()
     candidate[0, 1] *= 1.01
     sample = compare_arrays(reference, candidate, DEFAULT_TOLERANCES["float32"])
-    assert sample.mismatched == 16 and sample.max_scaled == pytest.approx(0.01, rel=1e-3)
+    assert sample.mismatched == 16 and sample.channel_error[1] / sample.channel_magnitude[1] == pytest.approx(0.01)
+
+
+def test_channel_magnitude_is_taken_over_all_samples():
+    """A [1, F] channel small in one sample by cancellation is judged on what it reaches in the others."""
+    tol = DEFAULT_TOLERANCES["float32"]
+    small, large = np.array([[2.0, 1.0]], np.float32), np.array([[10.0, 1.0]], np.float32)
+    worst = WorstCase("y", "float32", (1, 2), tol)
+    nudged = small + np.array([[3e-4, 0.0]], np.float32)
+    worst.add(0, compare_arrays(small, nudged, tol))
+    worst.add(1, compare_arrays(large, large, tol))
+    assert worst.samples[0].mismatched == 1 and worst.to_rejudge() == [0]
+    worst.add(0, compare_arrays(small, nudged, tol, worst.channel_magnitude))
+    result = worst.result()
+    assert result.passed and worst.to_rejudge() == [] and result.max_scaled_error == pytest.approx(3e-5, rel=1e-2)
+    worst.add(1, compare_arrays(large, large + np.array([[2e-3, 0.0]], np.float32), tol, worst.channel_magnitude))
+    assert not worst.result().passed  # 2e-4 of the channel's 10: a real difference
 
 
 def test_identical_nonfinite_values_match_and_new_ones_fail():

@@ -1,11 +1,23 @@
 """Property-based fuzzing of ``bnfold.optimize`` over random CNN-like graphs (see tests/fuzz/graphs.py).
 
-Each property runs ``BNFOLD_FUZZ_EXAMPLES`` examples (default 40, a few seconds on 2 cores). For a long run:
+Each property runs ``BNFOLD_FUZZ_EXAMPLES`` examples (default 40: a few seconds on 2 cores). A long run:
 
     BNFOLD_FUZZ_EXAMPLES=500 .venv/bin/python -m pytest -q tests/fuzz --hypothesis-show-statistics
 
-Examples are derandomized (the same every run), so CI never flakes on a new draw; set BNFOLD_FUZZ_RANDOM=1 to
-explore fresh examples instead. A failure prints the shrunk graph's ops; rebuild it with the printed blob.
+Examples are derandomized (the same every run) so CI never flakes on a new draw; BNFOLD_FUZZ_RANDOM=1 explores
+fresh ones. A failure is shrunk to a few nodes and printed with a ``@reproduce_failure`` blob.
+
+Accuracy criteria, per graph output, as maxima over SEEDS input samples:
+- fp32: |folded - original| <= 1e-4 * max|original| + 1e-6. Measured fold noise is ~1e-6 of the magnitude.
+- fp16: checked in two steps, because a fold stored in fp16 can legitimately be much less accurate than the
+  unfolded fp16 model: where a BN's shift nearly cancels the layer's output, the unfolded model cancels in
+  fp32 inside BatchNormalization, the folded one between fp16-rounded weights and bias, and a later high-gain
+  BN amplifies that (seen: 40 fp16 ulps of the output's magnitude, all of it from storing the weights).
+  1. exactness: every folded fp16 constant is the fp16 rounding (within 1 ulp: fp64 -> fp32 -> fp16 double
+     rounding) of what bnfold computes for the same graph in fp32, whose outputs pass the fp32 criterion;
+  2. runtime: the fp16 folded model is at most 2x as far from an fp32 run of the graph as the unfolded fp16
+     model, plus 2x the effect of that storage rounding alone (the fp16 folded constants run in fp32 vs the
+     fp32 fold), plus 4 fp16 ulps of the output's magnitude.
 """
 
 from __future__ import annotations
@@ -15,7 +27,7 @@ import os
 import numpy as np
 import onnx
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, currently_in_test_context, event, given, settings
 from onnx import TensorProto, numpy_helper
 
 from bnfold import optimize
@@ -29,31 +41,37 @@ settings.register_profile(
 FUZZ = settings.get_profile("bnfold-fuzz")
 
 FP32_RELATIVE, FP32_ABSOLUTE = 1e-4, 1e-6
-# fp16: the folded model may be at most FP16_FACTOR times as far from an fp32 run of the same graph as the
-# unfolded fp16 model is, plus FP16_SLACK ulps of the output's magnitude (one extra rounding of each weight).
 FP16_FACTOR, FP16_SLACK = 2.0, 4 * 2.0**-10
 FP16_MAX = 6.0e4  # fp32 reference outputs beyond this overflow in fp16 either way: no numeric comparison
-SEEDS = (1, 2, 3)  # input samples per example
+SEEDS = (1, 2, 3)
 
 
-def signature(values: list[onnx.ValueInfoProto]) -> list[tuple]:
+def record(what: str) -> None:
+    """A hypothesis event (shown by --hypothesis-show-statistics) when running under @given."""
+    if currently_in_test_context():
+        event(what)
+
+
+def signature(values) -> list[tuple]:
     """(name, element type, dims) of graph inputs or outputs, in order."""
     return [(v.name, v.type.tensor_type.elem_type, tuple(d.dim_param or d.dim_value for d in
              v.type.tensor_type.shape.dim)) for v in values]
 
 
-def constant_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
-    tensors = list(model.graph.initializer)
+def named_constants(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    """Initializers and Constant-node values, by the tensor name the graph reads them as."""
+    found = {t.name: t for t in model.graph.initializer}
     for node in model.graph.node:
-        tensors.extend(a.t for a in node.attribute if node.op_type == "Constant" and a.name == "value")
-    return tensors
+        if node.op_type == "Constant":
+            found.update((node.output[0], a.t) for a in node.attribute if a.name == "value")
+    return found
 
 
 def as_float32(model: onnx.ModelProto) -> onnx.ModelProto:
     """The same graph with every fp16 tensor, Cast target and graph I/O in fp32 (values exactly kept)."""
     twin = onnx.ModelProto()
     twin.CopyFrom(model)
-    for tensor in constant_tensors(twin):
+    for tensor in named_constants(twin).values():
         if tensor.data_type == TensorProto.FLOAT16:
             tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float32), tensor.name))
     for node in twin.graph.node:
@@ -66,47 +84,71 @@ def as_float32(model: onnx.ModelProto) -> onnx.ModelProto:
     return twin
 
 
-def _outputs_over_samples(models: list[onnx.ModelProto], feeds: list[dict[str, np.ndarray]]) -> list[list]:
-    """For each model, for each graph output, its values on every feed (sessions built once)."""
-    runs = []
-    for model in models:
-        sess = session(model)
-        runs.append(list(zip(*(sess.run(None, f) for f in feeds), strict=True)))
-    return runs
+def outputs_over_samples(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
+    """For each graph output, its float64 values on every feed (one session)."""
+    sess = session(model)
+    runs = [sess.run(None, {k: v.astype(sess_type(sess, k)) for k, v in f.items()}) for f in feeds]
+    return [[np.asarray(r, dtype=np.float64) for r in per_output] for per_output in zip(*runs, strict=True)]
+
+
+def sess_type(sess, name: str) -> type:
+    kind = next(i.type for i in sess.get_inputs() if i.name == name)
+    return np.float16 if kind == "tensor(float16)" else np.float32
+
+
+def worst(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    return max(np.abs(x - y).max(initial=0.0) for x, y in zip(a, b, strict=True))
+
+
+def magnitude(values: list[np.ndarray]) -> float:
+    return max(np.abs(v).max(initial=0.0) for v in values)
 
 
 def assert_fp32_close(model: onnx.ModelProto, folded: onnx.ModelProto) -> None:
     feeds = [feeds_for(model, seed) for seed in SEEDS]
     names = [o.name for o in model.graph.output]
-    for name, before, after in zip(names, *_outputs_over_samples([model, folded], feeds), strict=True):
-        for a, b in zip(before, after, strict=True):
-            assert a.shape == b.shape and a.dtype == b.dtype, name
-            error = np.abs(a.astype(np.float64) - b).max(initial=0.0)
-            bound = FP32_RELATIVE * np.abs(a).max(initial=0.0) + FP32_ABSOLUTE
-            assert error <= bound, f"output {name}: max abs error {error:.3g} > {bound:.3g}"
+    for name, a, b in zip(names, outputs_over_samples(model, feeds), outputs_over_samples(folded, feeds), strict=True):
+        error, bound = worst(a, b), FP32_RELATIVE * magnitude(a) + FP32_ABSOLUTE
+        assert error <= bound, f"output {name}: max abs error {error:.3g} > {bound:.3g}"
 
 
-def assert_fp16_no_worse(model: onnx.ModelProto, folded: onnx.ModelProto) -> None:
-    """Folding rounds each folded weight once more; that must not make the fp16 model much less accurate.
-
-    Errors and magnitude are maxima over all samples: with a batch of 1 a single sample's output can be small
-    by cancellation (a few large terms summing to little), and its fp16 noise is that of the large terms.
-    """
-    feeds = [feeds_for(model, seed) for seed in SEEDS]
-    exact = _outputs_over_samples([as_float32(model)], [{k: v.astype(np.float32) for k, v in f.items()}
-                                                         for f in feeds])[0]
-    names = [o.name for o in model.graph.output]
-    for name, ref, before, after in zip(names, exact, *_outputs_over_samples([model, folded], feeds), strict=True):
-        ref64 = [r.astype(np.float64) for r in ref]
-        magnitude = max(np.abs(r).max(initial=0.0) for r in ref64)
-        if magnitude > FP16_MAX or not all(np.isfinite(a).all() for a in before):
-            event("fp16 output overflows: not compared")
+def assert_fp16_fold_is_rounded_fp32_fold(folded: onnx.ModelProto, folded32: onnx.ModelProto) -> None:
+    """Criterion 1: bnfold's fp16 constants are its fp32 constants for the same graph, rounded to fp16."""
+    c16, c32 = named_constants(folded), named_constants(folded32)
+    assert c16.keys() == c32.keys()
+    for name, tensor in c16.items():
+        value = numpy_helper.to_array(tensor)
+        if value.dtype != np.float16:
             continue
-        unfolded = max(np.abs(a - r).max(initial=0.0) for a, r in zip(before, ref64, strict=True))
-        error = max(np.abs(b - r).max(initial=0.0) for b, r in zip(after, ref64, strict=True))
-        bound = FP16_FACTOR * unfolded + FP16_SLACK * magnitude
-        assert error <= bound, (f"output {name}: folded fp16 error {error:.3g} > {bound:.3g} "
-                                f"(unfolded fp16 error {unfolded:.3g}, magnitude {magnitude:.3g})")
+        expected = numpy_helper.to_array(c32[name]).astype(np.float16)
+        off = np.abs(value.astype(np.float64) - expected) > np.spacing(np.abs(expected))
+        assert not off.any(), f"{name}: {value[off][:4]} is not the fp16 rounding of {expected[off][:4]}"
+
+
+def assert_fp16_no_worse(model: onnx.ModelProto, folded: onnx.ModelProto, folded32: onnx.ModelProto) -> None:
+    """Criterion 2: the folded fp16 model's error is that of fp16 arithmetic plus storing the fold in fp16."""
+    feeds = [feeds_for(model, seed) for seed in SEEDS]
+    twin = as_float32(model)
+    runs = [outputs_over_samples(m, feeds) for m in (twin, model, folded, as_float32(folded), folded32)]
+    for name, exact, before, after, stored, fold32 in zip([o.name for o in model.graph.output], *runs, strict=True):
+        if magnitude(exact) > FP16_MAX or not all(np.isfinite(v).all() for v in before):
+            record("fp16 output overflows: not compared")
+            continue
+        unfolded, storage = worst(before, exact), worst(stored, fold32)
+        error = worst(after, exact)
+        bound = FP16_FACTOR * (unfolded + storage) + FP16_SLACK * magnitude(exact)
+        assert error <= bound, (f"output {name}: folded fp16 error {error:.3g} > {bound:.3g} (unfolded fp16 error "
+                                f"{unfolded:.3g}, fp16 storage of the fold {storage:.3g})")
+
+
+def check_fp16(model: onnx.ModelProto, folded: onnx.ModelProto, applied: tuple) -> None:
+    twin = optimize(as_float32(model), verify=False)
+    if [a.key for a in twin.report.applied] != [a.key for a in applied]:
+        record("fp16 folds differ from fp32 folds: not compared")  # overflow / underflow refusals
+        return
+    assert_fp32_close(as_float32(model), twin.model)
+    assert_fp16_fold_is_rounded_fp32_fold(folded, twin.model)
+    assert_fp16_no_worse(model, folded, twin.model)
 
 
 def is_fp16(model: onnx.ModelProto) -> bool:
@@ -124,32 +166,31 @@ def test_optimize_keeps_outputs_interface_and_is_idempotent(model: onnx.ModelPro
     onnx.checker.check_model(folded, full_check=True)
     assert signature(folded.graph.input) == signature(model.graph.input)
     assert signature(folded.graph.output) == signature(model.graph.output)
-    assert op_count(folded, BN) <= op_count(model, BN)
     assert op_count(folded, BN) == op_count(model, BN) - sum(f.op_type == BN for f in result.report.applied)
-    for tensor in constant_tensors(folded):
+    for name, tensor in named_constants(folded).items():
         value = numpy_helper.to_array(tensor)
-        assert np.isfinite(value).all() if value.dtype.kind == "f" else True, f"{tensor.name} has inf/nan"
+        assert value.dtype.kind != "f" or np.isfinite(value).all(), f"{name} has inf/nan"
     again = optimize(folded, verify=False)
-    assert not again.report.applied, [a.rule for a in again.report.applied]
+    assert [a.rule for a in again.report.applied] == []
     assert again.model.SerializeToString() == folded.SerializeToString()
     if is_fp16(model):
-        assert_fp16_no_worse(model, folded)
+        check_fp16(model, folded, result.report.applied)
     else:
         assert_fp32_close(model, folded)
 
 
 @FUZZ
-@given(cnn_models(dtypes=(np.float32,)))
-def test_verified_optimize_passes_without_reverting(model: onnx.ModelProto) -> None:
-    """Verification (onnxruntime; each fold's own tensor checked) must accept every fp32 fold the rules make.
+@given(cnn_models())
+def test_verified_optimize_passes_reverting_only_fp16_folds(model: onnx.ModelProto) -> None:
+    """Verification (onnxruntime; each fold's own tensor checked) accepts every fp32 fold the rules make.
 
-    fp32 only: fp16 false alarms are a known issue, pinned by the fp16 regression test below.
+    An fp16 fold may be reverted: stored in fp16, a fold can be much less accurate than the unfolded model
+    (see the module docstring), and verification is right to refuse that; but it must end passed, not failed.
     """
     result = optimize(model)
-    status = result.report.verification.status
-    event(f"verification {status}")
-    assert status in ("passed", "unchanged"), result.report.verification.message
-    assert not result.report.reverted, result.report.reverted
+    record(f"verification {result.report.verification.status}, {len(result.report.reverted)} reverted")
+    assert result.report.verification.status in ("passed", "unchanged"), result.report.verification.message
+    assert is_fp16(model) or result.report.reverted == ()
 
 
 # ---- regressions the fuzzer found, as minimal reproducers -------------------------------------------------
@@ -183,13 +224,14 @@ def test_failing_fold_is_reverted_even_when_its_output_is_a_graph_output(fold_ou
 
 
 def test_fp16_gemm_bn_fold_is_not_reverted_for_rounding_noise_in_a_small_sample() -> None:
-    """fp16 Gemm [1, 8] x [8, 2] -> BN -> Relu. The fold is as accurate as fp16 allows (the fuzz criterion
-    holds), but verification judges each [1, F] channel by one sample's single element: 0.5713 vs 0.5865
+    """fp16 Gemm [1, 8] x [8, 2] -> BN -> Relu. The fold is as accurate as fp16 allows (both fp16 criteria
+    hold), but verification judges each [1, F] channel by one sample's single element: 0.5713 vs 0.5865
     (2 ulps of the 8.5 the same channel reaches in the other sample) exceeds 1e-2 of 0.59, and it reverts."""
     b = GraphBuilder(seed=100, dtype=np.float16)
     y = b.node("Gemm", [b.input("x", [1, 8]), b.init(b.weight([8, 2], scale=1.0))])
     b.channels[y] = 2
     b.output(b.node("Relu", [b.bn(y)]), shape=[1, 2])
     model = b.build()
-    assert_fp16_no_worse(model, optimize(model, verify=False).model)
+    unverified = optimize(model, verify=False)
+    check_fp16(model, unverified.model, unverified.report.applied)
     assert optimize(model).report.reverted == ()
