@@ -18,6 +18,7 @@ demo: venv
 
 test: venv
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/ruff check bnfold models tests benchmarks
 	$(BIN)/python -m pytest -q
 
 lint: venv

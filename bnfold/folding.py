@@ -63,6 +63,11 @@ def ai_onnx_opset(model: onnx.ModelProto) -> int:
     return 1
 
 
+def site_key(label: str, node: onnx.NodeProto) -> str:
+    """A site's stable name (``graph:first-output``): used to exclude (revert) folds and by inspect."""
+    return f"{label}:{node.output[0] if node.output else node.name}"
+
+
 def graph_indexes(model: onnx.ModelProto) -> Iterator[GraphIndex]:
     """Indexes for the main graph and every subgraph, parents before children."""
     names, ranks, opset = NameAllocator(model), RankOracle(model), ai_onnx_opset(model)
@@ -93,7 +98,7 @@ def _fold_graph(g: GraphIndex, rules, disabled, exclude, outcome: FoldOutcome) -
         for node in list(g.graph.node):
             if not _still_in_graph(g, node):
                 continue
-            key = f"{g.label}:{node.output[0] if node.output else node.name}"
+            key = site_key(g.label, node)
             rule, result = _first_plan(g, node, rules, disabled, exclude, key)
             if isinstance(result, Plan):
                 _apply(g, rule, result, key, outcome)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import onnx
 
-from bnfold.folding import BN, AppliedFold, RefusedSite, graph_indexes
+from bnfold.folding import BN, AppliedFold, RefusedSite, graph_indexes, site_key
 from bnfold.graph import GraphIndex
 from bnfold.reasons import Reason
 from bnfold.report import SCHEMA_VERSION, ReportMixin
@@ -104,11 +104,6 @@ def inspect(model_or_path: onnx.ModelProto | str | os.PathLike, *, rules: Sequen
             affine.append(_affine_site(g, node, applied.get(key), refused.get(key)))
     return InspectReport(batchnorms=tuple(batchnorms), affine=tuple(affine), totals=_totals(batchnorms, affine),
                          model=label, rules=report.rules)
-
-
-def site_key(label: str, node: onnx.NodeProto) -> str:
-    """The fold driver's name for a site (``graph:first-output``), stable while other sites fold."""
-    return f"{label}:{node.output[0] if node.output else node.name}"
 
 
 def _candidate_nodes(model: onnx.ModelProto) -> Iterator[tuple[GraphIndex, onnx.NodeProto]]:

@@ -38,18 +38,18 @@ class Reason(str, Enum):
 
 
 SENTENCES: dict[Reason, str] = {
-    Reason.NO_FOLDABLE_NEIGHBOUR: "neither its producer nor its consumer is a Conv/ConvTranspose/Gemm/MatMul it can fold into",
-    Reason.PRODUCER_HAS_OTHER_CONSUMERS: "the producer's output is also read by another node, which needs the unfolded value",
+    Reason.NO_FOLDABLE_NEIGHBOUR: "no Conv/ConvTranspose/Gemm/MatMul producer or reader to fold into",
+    Reason.PRODUCER_HAS_OTHER_CONSUMERS: "the producer's output is also read by another node, which needs it unfolded",
     Reason.PRODUCER_OUTPUT_IS_GRAPH_OUTPUT: "the producer's output is a graph output, which must keep its value",
     Reason.WEIGHT_NOT_CONSTANT: "the weight or bias is computed at run time, not a constant",
     Reason.PARAMS_NOT_CONSTANT: "the normalization parameters are computed at run time, not constants",
-    Reason.OVERRIDABLE_INITIALIZER: "a weight or parameter is an initializer also listed as a graph input, so users may override it",
+    Reason.OVERRIDABLE_INITIALIZER: "a weight or parameter is also a graph input, so users may override it",
     Reason.TRAINING_MODE: "the node runs in training mode (batch statistics), which is not an affine map",
     Reason.EXTRA_OUTPUTS_USED: "its running-statistics outputs are used",
     Reason.SPATIAL_ZERO: "opset < 9 BatchNormalization with spatial=0 normalizes per activation, not per channel",
     Reason.FOLD_OVERFLOW: "the folded weights would overflow the weight dtype to inf",
     Reason.FOLD_UNDERFLOW: "a channel with non-zero weights and scale would underflow to all zeros in the weight dtype",
-    Reason.CONSUMER_CONV_PADDED: "the consuming Conv pads its input with zeros, which the normalization does not map to zero",
+    Reason.CONSUMER_CONV_PADDED: "the reading Conv pads with zeros, which the normalization does not map to zero",
     Reason.BN_HAS_OTHER_CONSUMERS: "its output is read by more than one node",
     Reason.BN_OUTPUT_IS_GRAPH_OUTPUT: "its output is a graph output",
     Reason.MATMUL_LAYOUT: "the MatMul's constant operand does not carry the normalized channel axis",

@@ -11,15 +11,14 @@ from pathlib import Path
 import click
 
 from bnfold.cli.folder import ModelJob, discover_models, no_models_message, run_models
-from bnfold.cli.optimize import _rule_list
 from bnfold.cli.optimize_file import OptimizeSettings
+from bnfold.cli.options import rule_options
 from bnfold.errors import ExitCode, ModelLoadError
 
 
 @click.command("check")
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--rules", callback=_rule_list, default=None, help="Only these rules count (comma-separated).")
-@click.option("--skip-rules", callback=_rule_list, default=None, help="All rules but these (comma-separated).")
+@rule_options
 @click.option("--jobs", type=click.IntRange(min=1), default=None, help="Worker processes (default: CPU count).")
 @click.option("--recursive", is_flag=True, help="Descend into subfolders of folder arguments.")
 @click.option("-q", "--quiet", is_flag=True, help="Print problems only.")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from bnfold.cli.optimize import _rule_list
+from bnfold.cli.options import rule_options
 
 LIST_LIMIT = 40  # list BatchNormalizations one per line up to this many; group beyond (unless --verbose)
 SHOWN_NAMES = 4  # names quoted per group line
@@ -17,8 +17,7 @@ SHOWN_NAMES = 4  # names quoted per group line
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--json", "json_path", type=click.Path(path_type=Path, allow_dash=True), default=None,
               help="Write the JSON report here ('-' for stdout, instead of the table).")
-@click.option("--rules", callback=_rule_list, default=None, help="Only these rules (comma-separated).")
-@click.option("--skip-rules", callback=_rule_list, default=None, help="All rules but these (comma-separated).")
+@rule_options
 @click.option("-v", "--verbose", is_flag=True, help=f"List every BatchNormalization even beyond {LIST_LIMIT}.")
 def inspect_command(model: Path, json_path: Path | None, rules, skip_rules, verbose: bool) -> None:
     """List every BatchNormalization in MODEL (subgraphs included) and whether `bnfold optimize` folds it.

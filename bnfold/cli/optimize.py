@@ -7,13 +7,9 @@ from pathlib import Path
 import click
 
 from bnfold.cli.optimize_file import FileOutcome, OptimizeSettings, optimize_file
-from bnfold.cli.options import input_options
+from bnfold.cli.options import input_options, rule_options
 from bnfold.cli.render import render
 from bnfold.errors import ExitCode, UsageError
-
-
-def _rule_list(_ctx, _param, value: str | None) -> tuple[str, ...] | None:
-    return None if value is None else tuple(v.strip() for v in value.split(",") if v.strip())
 
 
 @click.command("optimize")
@@ -22,8 +18,7 @@ def _rule_list(_ctx, _param, value: str | None) -> tuple[str, ...] | None:
               help="Output file (default: <stem>.folded.onnx beside the input), or folder in folder mode.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
               help="Write the JSON report here (a folder in folder mode).")
-@click.option("--rules", callback=_rule_list, default=None, help="Only these rules (comma-separated).")
-@click.option("--skip-rules", callback=_rule_list, default=None, help="All rules but these (comma-separated).")
+@rule_options
 @click.option("--no-verify", is_flag=True, help="Skip the onnxruntime equivalence check.")
 @click.option("--no-revert", is_flag=True, help="Fail instead of reverting folds whose tensors diverge.")
 @click.option("--force", is_flag=True, help="Write the result even if verification fails.")

@@ -59,3 +59,17 @@ def input_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="Draw float inputs uniformly from [LOW, HIGH) instead of a standard normal."),
     ]
     return functools.reduce(lambda f, opt: opt(f), reversed(options), func)
+
+
+def _rule_list(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[str, ...] | None:
+    return None if value is None else tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def rule_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--rules / --skip-rules (comma-separated rule names; the library rejects unknown ones)."""
+    options = [
+        click.option("--rules", callback=_rule_list, default=None, help="Only these rules (comma-separated)."),
+        click.option("--skip-rules", callback=_rule_list, default=None,
+                     help="All rules but these (comma-separated)."),
+    ]
+    return functools.reduce(lambda f, opt: opt(f), reversed(options), func)
