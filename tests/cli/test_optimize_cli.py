@@ -15,6 +15,7 @@ from onnx import helper
 import models
 from bnfold import fold_math
 from bnfold.cli.main import cli
+from bnfold.reasons import Reason
 from tests.builders import GraphBuilder, assert_equivalent, feeds_for, op_count, run
 
 
@@ -124,7 +125,7 @@ def test_few_refusals_are_listed_one_by_one_with_reasons(tmp_path):
     assert result.exit_code == 0, result.output
     left = [line for line in result.stdout.splitlines() if "[main]:" in line]
     assert "Left 2 BatchNormalization:" in result.stdout and len(left) == 2
-    assert any("consumer_conv_padded - the consuming Conv pads its input" in line for line in left)
+    assert any(f"consumer_conv_padded - {Reason.CONSUMER_CONV_PADDED.sentence}" in line for line in left)
     assert any("producer_output_is_graph_output - the producer's output is a graph output" in line for line in left)
 
 
