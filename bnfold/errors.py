@@ -41,6 +41,11 @@ class InputSpecError(BnfoldError):
     """Inputs for running the model could not be made (shapes, npz files)."""
 
 
+class ShapeGuessError(InputSpecError):
+    """The input shapes bnfold chose for symbolic dims were rejected by onnxruntime (or none could be
+    chosen). Unlike other input errors this is not the user's mistake: optimize reports "not verified"."""
+
+
 class UsageError(BnfoldError):
     """Options that contradict each other or name things that don't exist."""
 

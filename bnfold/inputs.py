@@ -32,7 +32,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from bnfold.errors import InputSpecError, UsageError
+from bnfold.errors import InputSpecError, ShapeGuessError, UsageError
 from bnfold.report import ReportMixin
 from bnfold.runtime import ModelSource, load_graph
 
@@ -128,7 +128,7 @@ def _spec(value: onnx.ValueInfoProto, override: Sequence[int] | None, batch: int
     if declared is None and not require_shape:
         return InputSpec(value.name, dtype, (), None, {})
     if declared is None:
-        raise InputSpecError(
+        raise ShapeGuessError(
             f"input {value.name!r} declares no shape; pass it with --input-shape {value.name}:DIMS"
         )
     chosen: dict[int, int] = {}

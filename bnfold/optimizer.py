@@ -18,7 +18,7 @@ import onnx
 
 from bnfold import __version__
 from bnfold.cleanup import clean_graph
-from bnfold.errors import InputSpecError, UsageError, VerificationFailed
+from bnfold.errors import ShapeGuessError, UsageError, VerificationFailed
 from bnfold.folding import AppliedFold, FoldOutcome, RefusedSite, fold_model
 from bnfold.provenance import add_provenance, strip_provenance
 from bnfold.report import SCHEMA_VERSION, ReportMixin
@@ -194,7 +194,7 @@ def _verify_loop(model, outcome, refold, reference, check, revert, reverted, sta
         serialized, candidate = _candidate(model, stack)
         try:
             report = run_verify(reference, candidate, check_tensors=_checkable(model, outcome.applied), **check)
-        except InputSpecError as exc:
+        except ShapeGuessError as exc:  # our guessed shapes; a user's bad --input-shape still raises
             return model, outcome, None, serialized, VerificationSummary("not_verified", str(exc))
         if report.passed:
             return model, outcome, report, serialized, VerificationSummary("passed", "", report.to_dict())

@@ -57,7 +57,7 @@ import numpy as np
 import onnx
 
 from bnfold.compare import TensorComparison, Tolerance, WorstCase, compare_arrays
-from bnfold.errors import InputSpecError, UsageError
+from bnfold.errors import ShapeGuessError, UsageError
 from bnfold.inputs import InputSpec, make_feeds
 from bnfold.report import SCHEMA_VERSION, ReportMixin
 from bnfold.runtime import ModelSource, create_session, load_graph, one_line
@@ -135,7 +135,7 @@ def verify(
     """Run *reference* and *candidate* on the same feeds and compare them (see the module docstring).
 
     Raises UsageError when the two models cannot be compared (different inputs, unknown
-    check_tensors), InputSpecError when the reference cannot run on the chosen inputs, and
+    check_tensors), ShapeGuessError (an InputSpecError) when the reference cannot run on the chosen inputs, and
     ModelLoadError when onnxruntime rejects a model. A mismatch is not an exception: it is a
     report with ``passed=False``.
     """
@@ -180,7 +180,7 @@ def _run_reference(session, names: list[str], feed: dict[str, np.ndarray],
     try:
         return dict(zip(names, session.run(names, feed), strict=True))
     except Exception as exc:  # onnxruntime's pybind11 errors: the inputs do not suit the model
-        raise InputSpecError(_shape_advice(specs, one_line(exc))) from None
+        raise ShapeGuessError(_shape_advice(specs, one_line(exc))) from None
 
 
 def _shape_advice(specs: Sequence[InputSpec], ort_message: str) -> str:

@@ -369,3 +369,10 @@ def test_faulty_fold_whose_output_is_a_graph_output_is_reverted(monkeypatch):
     assert [r.rule for r in result.report.reverted] == ["conv_bn"]
     assert result.report.verification.status == "passed"
     assert result.report.after.batchnorms == 1
+
+
+def test_unknown_input_name_in_input_shape_is_an_error_not_a_silent_skip(small):
+    """A typo in --input-shape is the user's mistake: exit 3 naming the real inputs, nothing written."""
+    result = invoke(small, "--input-shape", "nope:1x3x8x8")
+    assert result.exit_code == 3, result.output
+    assert "nope" in result.stderr and not small.with_name("small.folded.onnx").exists()
