@@ -83,9 +83,17 @@ def free_bytes(folder: Path) -> int:
     return shutil.disk_usage(folder).free
 
 
-def child_main(variants: Sequence[Variant], key: str, source: str, output: str) -> None:
-    """Entry point of a measuring child: import, run the variant once, print its figures."""
+def child_main(variants: Sequence[Variant], arguments: Sequence[str]) -> None:
+    """Entry point of a measuring child (``KEY SOURCE OUTPUT [WARMUP]``): import, run once, print figures.
+
+    A WARMUP model (small) is run first so that imports done lazily inside the tools are not timed; it is
+    small enough not to move the peak.
+    """
+    key, source, output, *warmup = arguments
     runner = next(v for v in variants if v.key == key).setup()
+    if warmup:
+        runner(Path(warmup[0]), Path(output))
+        remove_outputs(Path(output))
     gc.collect()
     imports = status_bytes("VmRSS")
     started = time.perf_counter()
@@ -97,11 +105,12 @@ def child_main(variants: Sequence[Variant], key: str, source: str, output: str) 
 
 
 def measure_in_child(script: Path, key: str, source: Path, output: Path, *, timeout: float = 1800,
-                     fresh_output: bool = True) -> Memory:
-    """Run ``script --child key source output`` in a fresh interpreter and read back its figures."""
+                     fresh_output: bool = True, warmup: Path | None = None) -> Memory:
+    """Run ``script --child key source output [warmup]`` in a fresh interpreter and read back its figures."""
     if fresh_output:
         remove_outputs(output)
     command = [sys.executable, str(script), "--child", key, str(source), str(output)]
+    command += [str(warmup)] if warmup else []
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
     marked = [line for line in done.stdout.splitlines() if line.startswith(RESULT_MARK)]
     if done.returncode != 0 or not marked:
@@ -129,6 +138,21 @@ def time_interleaved(runners: dict[str, Runner], source: Path, folder: Path, rou
     return times
 
 
+def in_fresh_processes(script: Path, keys: Sequence[str], source: Path, output: Path, rounds: int, *,
+                       warmup: Path | None = None, progress: Callable[[str], None] = lambda _: None,
+                       ) -> dict[str, list[Memory]]:
+    """Each key once per round in its own interpreter, alternating order: times and peaks untouched by the
+    allocator state or caches that earlier runs left in a shared process."""
+    runs: dict[str, list[Memory]] = {key: [] for key in keys}
+    for round_no in range(rounds):
+        for key in keys if round_no % 2 == 0 else keys[::-1]:
+            runs[key].append(measure_in_child(script, key, source, output, warmup=warmup))
+        progress(f"fresh-process round {round_no + 1}/{rounds}: "
+                 + ", ".join(f"{k} {runs[k][-1].seconds:.2f}s" for k in keys))
+    remove_outputs(output)
+    return runs
+
+
 def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 
@@ -142,6 +166,32 @@ class Part:
     label: str
     file_suffix: str  # "~" for built-in methods
     name: str  # function name; for built-ins, a substring of cProfile's description
+
+
+# Stages of `bnfold optimize` worth a line in a profile breakdown (nested lines are inside the line above).
+BNFOLD_STAGES = (
+    Part("total (optimize_file)", "bnfold/cli/optimize_file.py", "optimize_file"),
+    Part("load: bnfold.io.load_model", "bnfold/io.py", "load_model"),
+    Part("fold + cleanup (optimizer._fold)", "bnfold/optimizer.py", "_fold"),
+    Part("  rule matching + fold arithmetic (_first_plan)", "bnfold/folding.py", "_first_plan"),
+    Part("    rounding checks (fold_math.cast_checked)", "bnfold/fold_math.py", "cast_checked"),
+    Part("  writing folded constants (set_constant_input)", "bnfold/graph.py", "set_constant_input"),
+    Part("  index rebuilds (GraphIndex.refresh)", "bnfold/graph.py", "refresh"),
+    Part("  cleanup (clean_graph)", "bnfold/cleanup.py", "clean_graph"),
+    Part("stats before/after (model_stats)", "bnfold/stats.py", "model_stats"),
+    Part("verification (verification.verify)", "bnfold/verification.py", "verify"),
+    Part("  graph parses (runtime.load_graph)", "bnfold/runtime.py", "load_graph"),
+    Part("  ORT session creation (runtime.create_session)", "bnfold/runtime.py", "create_session"),
+    Part("    payload for ORT (parse/serialise with extra outputs)", "bnfold/runtime.py", "_payload"),
+    Part("  ORT inference (InferenceSession.run)", "onnxruntime_inference_collection.py", "run"),
+    Part("  comparing tensors (compare.compare_arrays)", "bnfold/compare.py", "compare_arrays"),
+    Part("    of which cosine (compare._cosine)", "bnfold/compare.py", "_cosine"),
+    Part("source external-data check (io.uses_external_data)", "bnfold/io.py", "uses_external_data"),
+    Part("save: bnfold.io.save_model", "bnfold/io.py", "save_model"),
+    Part("all SerializeToString calls", "~", "SerializeToString"),
+    Part("all ParseFromString calls", "~", "ParseFromString"),
+    Part("all fsync calls", "~", "fsync"),
+)
 
 
 def profile_call(call: Callable[[], object]) -> pstats.Stats:

@@ -244,7 +244,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     if args.child:
-        m.child_main(VARIANTS, *args.child)
+        m.child_main(VARIANTS, args.child)
         return 0
     need = DISK_FACTOR * args.layers * args.channels**2 * 9 * 4
     free = m.free_bytes(args.workdir)

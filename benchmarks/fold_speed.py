@@ -3,9 +3,10 @@ and the peer tools that also fold BatchNormalization (onnxslim, onnxsim, onnxopt
 
 Run from the repository root:  ``.venv/bin/python benchmarks/fold_speed.py [--rounds 5] [--no-peers]``
 
-Times: one process, every variant once per round, rounds alternating forward/reversed order; medians.
-Peak memory: each variant once more in a fresh interpreter (VmHWM; see ``_measure``). The bnfold rows run
-exactly what the CLI runs (``bnfold.cli.optimize_file``). Writes benchmarks/results/fold_speed.md.
+Times in two settings: one process, every tool once per round, rounds alternating forward/reversed order;
+and each tool in fresh interpreters (as a CLI user runs it), which also give the peak memory (VmHWM; see
+``_measure``). The bnfold rows run exactly what the CLI runs (``bnfold.cli.optimize_file``). Medians.
+Writes benchmarks/results/fold_speed.md.
 """
 
 from __future__ import annotations
@@ -87,39 +88,17 @@ VARIANTS = (
 )
 PEERS = ("onnxoptimizer", "onnxslim", "onnxsim")
 
-BREAKDOWN = (
-    m.Part("total (optimize_file)", "bnfold/cli/optimize_file.py", "optimize_file"),
-    m.Part("load: bnfold.io.load_model", "bnfold/io.py", "load_model"),
-    m.Part("fold + cleanup (optimizer._fold)", "bnfold/optimizer.py", "_fold"),
-    m.Part("  rule matching + fold arithmetic (_first_plan)", "bnfold/folding.py", "_first_plan"),
-    m.Part("    rounding checks (fold_math.cast_checked)", "bnfold/fold_math.py", "cast_checked"),
-    m.Part("  writing folded constants (set_constant_input)", "bnfold/graph.py", "set_constant_input"),
-    m.Part("  index rebuilds (GraphIndex.refresh)", "bnfold/graph.py", "refresh"),
-    m.Part("  cleanup (clean_graph)", "bnfold/cleanup.py", "clean_graph"),
-    m.Part("stats before/after (model_stats)", "bnfold/stats.py", "model_stats"),
-    m.Part("verification (verification.verify)", "bnfold/verification.py", "verify"),
-    m.Part("  graph parses (runtime.load_graph)", "bnfold/runtime.py", "load_graph"),
-    m.Part("  ORT session creation (runtime.create_session)", "bnfold/runtime.py", "create_session"),
-    m.Part("    payload for ORT (parse/serialise with extra outputs)", "bnfold/runtime.py", "_payload"),
-    m.Part("  ORT inference (InferenceSession.run)", "onnxruntime_inference_collection.py", "run"),
-    m.Part("  comparing tensors (compare.compare_arrays)", "bnfold/compare.py", "compare_arrays"),
-    m.Part("    of which cosine (compare._cosine)", "bnfold/compare.py", "_cosine"),
-    m.Part("source external-data check (io.uses_external_data)", "bnfold/io.py", "uses_external_data"),
-    m.Part("save: bnfold.io.save_model", "bnfold/io.py", "save_model"),
-    m.Part("all SerializeToString calls", "~", "SerializeToString"),
-    m.Part("all ParseFromString calls", "~", "ParseFromString"),
-    m.Part("all fsync calls", "~", "fsync"),
-)
 
-
-def _build_model(folder: Path) -> Path:
+def _build_models(folder: Path) -> tuple[Path, Path]:
+    """The measured ResNet-50 (large) and the small one the fresh processes warm up on."""
     import onnx
 
     import models
 
-    path = folder / "resnet50_large.onnx"
-    onnx.save(models.build("resnet50", large=True, seed=0), path)
-    return path
+    paths = folder / "resnet50_large.onnx", folder / "resnet50_small.onnx"
+    for path, large in zip(paths, (True, False), strict=True):
+        onnx.save(models.build("resnet50", large=large, seed=0), path)
+    return paths
 
 
 def _bn_left(path: Path) -> int:
@@ -158,9 +137,9 @@ def _breakdown(source: Path, folder: Path) -> str:
         output = folder / "profiled.onnx"
         m.remove_outputs(output)
         stats = m.profile_call(lambda run=run, output=output: run(source, output))
-        columns.append([m.cumulative(stats, part) for part in BREAKDOWN])
+        columns.append([m.cumulative(stats, part) for part in m.BNFOLD_STAGES])
     rows = [(part.label, f"{plain:.3f}", f"{checked:.3f}")
-            for part, plain, checked in zip(BREAKDOWN, *columns, strict=True)]
+            for part, plain, checked in zip(m.BNFOLD_STAGES, *columns, strict=True)]
     return m.markdown_table(("part (cProfile, cumulative; nested lines are inside the line above)",
                              "--no-verify s", "with verification s"), rows)
 
@@ -180,66 +159,85 @@ def _select(no_peers: bool) -> tuple[list[m.Variant], dict[str, str]]:
 
 def _measure_all(args: argparse.Namespace, folder: Path) -> dict:
     variants, skipped = _select(args.no_peers)
-    m.log("building resnet50 (large) ...")
-    source = _build_model(folder)
+    m.log("building resnet50 (large, and small for warm-ups) ...")
+    source, small = _build_models(folder)
+    keys = [v.key for v in variants]
+    fresh = {} if args.fresh_rounds == 0 else m.in_fresh_processes(
+        Path(__file__), keys, source, folder / "fresh.onnx", args.fresh_rounds, warmup=small, progress=m.log)
     runners = {v.key: v.setup() for v in variants}
-    m.log("warm-up round ...")
+    m.log("one process: warm-up round ...")
     m.time_interleaved(runners, source, folder, 1)
     times = m.time_interleaved(runners, source, folder, args.rounds, m.log)
-    outputs = {key: folder / f"{key}.onnx" for key in runners}
-    facts = {key: (_bn_left(path), path.stat().st_size) for key, path in outputs.items()}
+    facts = {key: (_bn_left(folder / f"{key}.onnx"), (folder / f"{key}.onnx").stat().st_size) for key in keys}
     m.log("onnxruntime session creation and inference ...")
     ort = _ort_inference(source, args.rounds)
-    memory = {}
-    if not args.no_memory:
-        for variant in variants:
-            m.log(f"peak memory of {variant.key} in a fresh process ...")
-            memory[variant.key] = m.measure_in_child(Path(__file__), variant.key, source, folder / "mem.onnx")
-    m.remove_outputs(folder / "mem.onnx")
     breakdown = "" if args.no_profile else _breakdown(source, folder)
-    return dict(variants=variants, skipped=skipped, times=times, facts=facts, ort=ort, memory=memory,
-                breakdown=breakdown, source_size=source.stat().st_size, rounds=args.rounds)
+    return dict(skipped=skipped, times=times, fresh=fresh, facts=facts, ort=ort, breakdown=breakdown,
+                source_size=source.stat().st_size, rounds=args.rounds, fresh_rounds=args.fresh_rounds)
+
+
+def _medians(r: dict) -> dict[str, dict[str, float]]:
+    """Per variant: 'time' (one process), 'fresh' (fresh processes), 'peak', 'imports'; missing keys absent."""
+    result: dict[str, dict[str, float]] = {}
+    for key, times in r["times"].items():
+        figures = {"time": m.median(times)}
+        if r["fresh"].get(key):
+            runs = r["fresh"][key]
+            figures.update(fresh=m.median([x.seconds for x in runs]), peak=m.median([x.peak for x in runs]),
+                           imports=m.median([x.imports for x in runs]))
+        result[key] = figures
+    return result
+
+
+def _ratio(figures: dict[str, dict[str, float]], key: str, field: str, base: str = "onnx") -> float | None:
+    if field not in figures.get(key, {}) or field not in figures.get(base, {}):
+        return None
+    return figures[key][field] / figures[base][field]
 
 
 def _rows(r: dict) -> list[tuple]:
-    base_time = m.median(r["times"]["onnx"])
-    base_mem = r["memory"].get("onnx")
+    med = _medians(r)
     rows = []
     for variant in VARIANTS:
         if variant.key in r["skipped"]:
-            rows.append((variant.label, r["skipped"][variant.key], "", "", "", "", "", "", ""))
+            rows.append((variant.label, r["skipped"][variant.key], *[""] * 8))
             continue
-        times, mem = r["times"][variant.key], r["memory"].get(variant.key)
-        bn_left, size = r["facts"][variant.key]
+        f, times, (bn_left, size) = med[variant.key], r["times"][variant.key], r["facts"][variant.key]
         rows.append((
-            variant.label, f"{m.median(times):.3f}", f"{min(times):.3f}-{max(times):.3f}",
-            f"{m.median(times) / base_time:.2f}x",
-            m.mib(mem.peak) if mem else "-", f"{mem.peak / base_mem.peak:.2f}x" if mem and base_mem else "-",
-            m.mib(mem.imports) if mem else "-", bn_left, f"{size / m.MIB:.1f}",
+            variant.label, f"{f['time']:.3f} ({min(times):.3f}-{max(times):.3f})",
+            _times(_ratio(med, variant.key, "time")), f"{f['fresh']:.3f}" if "fresh" in f else "-",
+            _times(_ratio(med, variant.key, "fresh")), m.mib(f["peak"]) if "peak" in f else "-",
+            _times(_ratio(med, variant.key, "peak")), m.mib(f["imports"]) if "imports" in f else "-",
+            bn_left, f"{size / m.MIB:.1f}",
         ))
     return rows
 
 
+def _times(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.2f}x"
+
+
 def _targets(r: dict) -> list[tuple]:
-    med = {key: m.median(values) for key, values in r["times"].items()}
-    mem = r["memory"]
-    creation, inference = r["ort"]
-    budget = med["onnx"] + VERIFY_INFERENCES * inference
-    time_ratio = med["bnfold"] / med["onnx"]
-    slim_ratio = med["bnfold"] / med["onnxslim"] if "onnxslim" in med else None
-    mem_ratio = mem["bnfold"].peak / mem["onnx"].peak if "bnfold" in mem and "onnx" in mem else None
-    verify_ratio = med["bnfold_verify"] / budget
-    return [
-        ("bnfold --no-verify time / load+save", f"{time_ratio:.2f}x", f"<= {TIME_VS_LOAD_SAVE}x",
-         m.verdict(time_ratio, TIME_VS_LOAD_SAVE)),
-        ("bnfold --no-verify time / onnxslim", "n/a" if slim_ratio is None else f"{slim_ratio:.2f}x",
-         f"<= {TIME_VS_ONNXSLIM}x", m.verdict(slim_ratio, TIME_VS_ONNXSLIM)),
-        ("bnfold --no-verify peak RSS / load+save", "n/a" if mem_ratio is None else f"{mem_ratio:.2f}x",
-         f"<= {MEMORY_VS_LOAD_SAVE}x", m.verdict(mem_ratio, MEMORY_VS_LOAD_SAVE)),
-        (f"bnfold with verification / (load+save + {VERIFY_INFERENCES} x inference)",
-         f"{verify_ratio:.2f}x ({med['bnfold_verify']:.2f} s vs {budget:.2f} s)", "<= 1.00x",
-         m.verdict(verify_ratio, 1.0)),
-    ]
+    med = _medians(r)
+    inference = r["ort"][1]
+    rows = []
+    for field, where in (("time", "one process"), ("fresh", "fresh processes")):
+        rows.append((f"bnfold --no-verify time / load+save ({where})", _times(_ratio(med, "bnfold", field)),
+                     f"<= {TIME_VS_LOAD_SAVE}x", m.verdict(_ratio(med, "bnfold", field), TIME_VS_LOAD_SAVE)))
+        rows.append((f"bnfold --no-verify time / onnxslim ({where})",
+                     _times(_ratio(med, "bnfold", field, "onnxslim")), f"<= {TIME_VS_ONNXSLIM}x",
+                     m.verdict(_ratio(med, "bnfold", field, "onnxslim"), TIME_VS_ONNXSLIM)))
+    rows.append(("bnfold --no-verify peak RSS / load+save", _times(_ratio(med, "bnfold", "peak")),
+                 f"<= {MEMORY_VS_LOAD_SAVE}x", m.verdict(_ratio(med, "bnfold", "peak"), MEMORY_VS_LOAD_SAVE)))
+    for field, where in (("time", "one process"), ("fresh", "fresh processes")):
+        if field not in med["bnfold_verify"] or field not in med["onnx"]:
+            continue
+        budget = med["onnx"][field] + VERIFY_INFERENCES * inference
+        ratio = med["bnfold_verify"][field] / budget
+        rows.append((f"bnfold with verification / (load+save + {VERIFY_INFERENCES} x inference) ({where})",
+                     f"{ratio:.2f}x ({med['bnfold_verify'][field]:.2f} s vs {budget:.2f} s)", "<= 1.00x",
+                     m.verdict(ratio, 1.0)))
+    return rows
 
 
 def _render(r: dict) -> str:
@@ -251,43 +249,48 @@ def _render(r: dict) -> str:
         m.versions_line(("bnfold", "onnx", "onnxruntime", "numpy", "protobuf", "onnxslim", "onnxsim",
                          "onnxoptimizer")),
         "",
-        f"Times: medians of {r['rounds']} interleaved rounds in one process (after a warm-up round). "
-        "Peak RSS: one run per tool in a fresh interpreter (VmHWM, imports included).",
+        f"One process: medians (min-max) of {r['rounds']} interleaved rounds after a warm-up round. Fresh "
+        f"processes: medians of {r['fresh_rounds']} runs, each tool in its own interpreter (after a warm-up on "
+        "the small ResNet-50, so lazy imports are not timed), as a CLI user runs it; peak RSS from these runs "
+        "(VmHWM, imports included). The two settings differ because a long-lived process reuses memory that "
+        "earlier runs freed, while a fresh one pays a page fault for every new page.",
         "",
-        m.markdown_table(("tool", "time median s", "min-max s", "vs load+save", "peak RSS MiB", "vs load+save",
-                          "RSS after imports MiB", "BN left", "output MiB"), _rows(r)),
+        m.markdown_table(("tool", "one process s", "vs load+save", "fresh process s", "vs load+save",
+                          "peak RSS MiB", "vs load+save", "RSS after imports MiB", "BN left", "output MiB"),
+                         _rows(r)),
         "",
-        f"onnxruntime (graph optimisations disabled, batch 1, as verification runs it): session creation "
-        f"{creation:.3f} s, one inference {inference:.3f} s (medians of {r['rounds']}).",
+        f"onnxruntime (graph optimisations disabled, batch 1, as verification runs it; one process): session "
+        f"creation {creation:.3f} s, one inference {inference:.3f} s (medians of {r['rounds']}).",
         "",
         "## Targets",
         "",
         m.markdown_table(("target", "measured", "limit", "verdict"), _targets(r)),
     ]
     if r["breakdown"]:
-        parts += ["", "## Where bnfold's time goes (one profiled run of each)", "", r["breakdown"]]
+        parts += ["", "## Where bnfold's time goes (one profiled run of each, one process)", "", r["breakdown"]]
     return "\n".join(parts) + "\n"
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5, help="timed rounds (default 5)")
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds in one process (default 5)")
+    parser.add_argument("--fresh-rounds", type=int, default=3,
+                        help="runs of each tool in fresh processes, for time and peak memory (default 3; 0: skip)")
     parser.add_argument("--no-peers", action="store_true", help="skip onnxslim/onnxsim/onnxoptimizer")
-    parser.add_argument("--no-memory", action="store_true", help="skip the fresh-process peak memory runs")
     parser.add_argument("--no-profile", action="store_true", help="skip the cProfile breakdown")
     parser.add_argument("--workdir", type=Path, help="folder for the model and outputs (kept); default: a "
                         "temporary folder, removed at the end")
-    parser.add_argument("--child", nargs=3, metavar=("KEY", "SOURCE", "OUTPUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs="+", metavar="ARG", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     if args.child:
-        m.child_main(VARIANTS, *args.child)
+        m.child_main(VARIANTS, args.child)
         return 0
-    if args.rounds < 1:
-        raise SystemExit("--rounds must be >= 1")
+    if args.rounds < 1 or args.fresh_rounds < 0:
+        raise SystemExit("--rounds must be >= 1 and --fresh-rounds >= 0")
     if args.workdir:
         args.workdir.mkdir(parents=True, exist_ok=True)
     folder = args.workdir or Path(tempfile.mkdtemp(prefix="bnfold-fold-speed-"))
