@@ -1,9 +1,18 @@
 """A hypothesis strategy for small, valid, CNN-like ONNX graphs to fuzz ``bnfold.optimize`` with.
 
-Hypothesis draws the structure (ops, shapes, attributes, where constants live, what is shared or
-exposed), so failures shrink to a few nodes; a numpy generator seeded by one drawn integer fills
-the values. Shapes are tracked while building and declared on every graph output, so the strict
-checker (``full_check=True``, run on every graph) proves the tracking right.
+One input [1 | 2 | "N", 1..8, 5..12 (1-D or 2-D)], fp32 or fp16, opset 13/15/17, then 1..8 blocks, each on
+the newest tensor or (1 in 4) an older one: Conv (kernel 1/3, stride, dilation, explicit/absent/VALID/SAME
+padding, dense/grouped/depthwise, bias or not), ConvTranspose (group, output_padding), BatchNormalization
+(variance log-uniform 1e-4..1e2, negative and zero gammas), Relu, Add/Mul of two same-shaped tensors (or one
+read twice), Mul/Add/Sub/Div by a constant (per channel, scalar, or along the last axis), Concat on channels,
+GlobalAveragePool + Flatten + Gemm (transB, alpha, beta, C [M] / [1, M] / [1] / none), MatMul ([N, K] @ W or
+W @ [N, C, L]), and dead Identity nodes. A Conv/ConvTranspose/Gemm/MatMul is followed by a BN 3 times in 4.
+Constants are initializers, Constant nodes, Casts of wider Constants or overridable initializers; weights,
+biases and BN parameter sets are sometimes shared; unread tensors and some intermediate ones are outputs.
+
+Hypothesis draws the structure, so failures shrink to a few nodes; a numpy generator seeded by one drawn
+integer fills the values. Shapes are tracked while building and declared on every graph output, so the
+strict checker (``full_check=True``, run on every graph) proves the tracking right.
 """
 
 from __future__ import annotations
