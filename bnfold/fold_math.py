@@ -30,9 +30,10 @@ def _channel_view(vector: np.ndarray, ndim: int, axis: int) -> np.ndarray:
 
 def fold_into_conv(weight, bias, scale, shift) -> tuple[np.ndarray, np.ndarray]:
     """Conv then affine: W'[o] = W[o] * s[o];  b' = b * s + t.  Weight is [C_out, C_in/g, k...]."""
-    w = np.asarray(weight, dtype=F64)
+    w = np.asarray(weight)
     b = np.zeros(w.shape[0], dtype=F64) if bias is None else np.asarray(bias, dtype=F64)
-    return w * _channel_view(scale, w.ndim, 0), b * scale + shift
+    # one pass: the float64 product is formed without first copying the weight to float64
+    return np.multiply(w, _channel_view(np.asarray(scale, F64), w.ndim, 0), dtype=F64), b * scale + shift
 
 
 def fold_into_conv_transpose(weight, bias, scale, shift, group: int) -> tuple[np.ndarray, np.ndarray]:
@@ -104,18 +105,21 @@ def cast_checked(values: np.ndarray, dtype: np.dtype, *, reference: np.ndarray |
                  scale: np.ndarray | None = None, channel_axis: int = 0) -> tuple[np.ndarray | None, str | None]:
     """Round float64 *values* once to *dtype*. Returns (array, None) or (None, "overflow"|"underflow").
 
-    Overflow: a finite float64 value becomes inf. Underflow: a channel (along *channel_axis*) whose
-    *reference* weights and *scale* are non-zero rounds to all zeros.
+    Overflow: any value is not finite after rounding (a finite value that became inf, or an inf/NaN the
+    float64 arithmetic already produced, e.g. division by zero). Underflow: a channel (along
+    *channel_axis*) whose *reference* weights and *scale* are non-zero rounds to all zeros.
+    Each check is one pass over the rounded array; the reference is read only if a channel is all zero.
     """
     with np.errstate(over="ignore", under="ignore", invalid="ignore"):
         rounded = values.astype(dtype)
-    finite_before = np.isfinite(values)
-    if not np.array_equal(np.isfinite(rounded.astype(F64)), finite_before):
+    if not np.isfinite(rounded).all():
         return None, "overflow"
-    if reference is not None and scale is not None:
-        axes = tuple(a for a in range(values.ndim) if a != channel_axis)
-        had = np.any(np.asarray(reference) != 0, axis=axes) & (np.asarray(scale) != 0)
-        now = np.any(rounded != 0, axis=axes)
-        if np.any(had & ~now):
-            return None, "underflow"
+    if reference is not None and scale is not None and rounded.ndim:
+        moved = np.moveaxis(rounded, channel_axis, 0).reshape(rounded.shape[channel_axis], -1)
+        now = moved.any(axis=1)
+        if not now.all():
+            ref = np.moveaxis(np.asarray(reference), channel_axis, 0).reshape(len(now), -1)
+            had = ref.any(axis=1) & (np.asarray(scale) != 0)
+            if np.any(had & ~now):
+                return None, "underflow"
     return rounded, None

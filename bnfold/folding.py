@@ -70,15 +70,16 @@ def site_key(label: str, node: onnx.NodeProto) -> str:
 
 def graph_indexes(model: onnx.ModelProto) -> Iterator[GraphIndex]:
     """Indexes for the main graph and every subgraph, parents before children."""
-    names, ranks, opset = NameAllocator(model), RankOracle(model), ai_onnx_opset(model)
-    pending = [GraphIndex(model.graph, label="main", opset=opset, names=names, ranks=ranks)]
+    names, ranks, opset, precise = NameAllocator(model), RankOracle(model), ai_onnx_opset(model), {}
+    pending = [GraphIndex(model.graph, label="main", opset=opset, names=names, ranks=ranks, precise=precise)]
     while pending:
         index = pending.pop(0)
         yield index
         for node in index.graph.node:
             for attr_name, sub in subgraphs(node):
                 label = f"{index.label}/{node.name or node.op_type}.{attr_name}"
-                pending.append(GraphIndex(sub, label=label, opset=opset, names=names, parent=index, ranks=ranks))
+                pending.append(GraphIndex(sub, label=label, opset=opset, names=names, parent=index, ranks=ranks,
+                                          precise=precise))
 
 
 def fold_model(model: onnx.ModelProto, rules: Sequence[Rule], *, disabled: Sequence[Rule] = (),

@@ -109,9 +109,12 @@ class GraphIndex:
     """Producer/consumer maps and constant lookups for one graph; rebuilt with :meth:`refresh`."""
 
     def __init__(self, graph: onnx.GraphProto, *, label: str, opset: int, names: NameAllocator,
-                 parent: GraphIndex | None = None, ranks=None) -> None:
+                 parent: GraphIndex | None = None, ranks=None, precise: dict[str, np.ndarray] | None = None) -> None:
         self.graph, self.label, self.opset, self.names, self.parent = graph, label, opset, names, parent
         self.ranks = ranks  # a RankOracle shared by the whole model, or None
+        # float64 values of constants folds wrote (before rounding), shared by the whole model: a chain of
+        # folds into one weight (Conv -> BN -> BN, Conv -> Mul -> Add) then rounds once, not once per fold
+        self.precise = {} if precise is None else precise
         self.refresh()
 
     def refresh(self) -> None:
@@ -184,23 +187,34 @@ class GraphIndex:
         return ConstLookup(value) if value is not None else ConstLookup(None, Reason.WEIGHT_NOT_CONSTANT)
 
     # ---- edits -------------------------------------------------------------------------------
-    def set_constant_input(self, node: onnx.NodeProto, slot: int, value: np.ndarray, role: str) -> None:
+    def exact(self, name: str, stored: np.ndarray | None) -> np.ndarray | None:
+        """The float64 value a fold computed for *name*, if any, else the *stored* (rounded) value."""
+        return self.precise.get(name, stored) if name else stored
+
+    def set_constant_input(self, node: onnx.NodeProto, slot: int, value: np.ndarray, role: str,
+                           precise: np.ndarray | None = None) -> None:
         """Make input *slot* of *node* the constant *value*, never touching a tensor others read.
 
         An initializer or Constant node read only by *node* is updated in place (its name kept);
-        anything else gets a fresh, collision-free initializer in this graph.
+        anything else gets a fresh, collision-free initializer in this graph. *precise* (the float64
+        value before rounding) is remembered for later folds into the same tensor.
         """
         name = node.input[slot] if slot < len(node.input) else ""
         if name and self.only_reader(name, node):
+            if precise is not None:
+                self.precise[name] = precise
             if name in self.initializers and name not in self.inputs:
                 assign_array(self.initializers[name], value, name)
                 return
             producer = self.producer.get(name)
-            if producer is not None and producer.op_type == "Constant" and self.only_reader(name, node):
+            if producer is not None and producer.op_type == "Constant":
                 del producer.attribute[:]
                 producer.attribute.append(onnx.helper.make_attribute("value", numpy_helper.from_array(value)))
                 return
+            self.precise.pop(name, None)
         new_name = self.names.fresh(f"{node.name or node.output[0]}_{role}")
+        if precise is not None:
+            self.precise[new_name] = precise
         assign_array(self.graph.initializer.add(), value, new_name)
         while len(node.input) <= slot:
             node.input.append("")

@@ -74,16 +74,17 @@ def weights(g: GraphIndex, node: onnx.NodeProto, slots: tuple[int, ...]) -> list
     return values
 
 
+def _input(node: onnx.NodeProto, slot: int) -> str:
+    return node.input[slot] if slot < len(node.input) else ""
+
+
 def rounded(values: np.ndarray, dtype: np.dtype, what: str, **underflow_check) -> np.ndarray | Refusal:
     """Round float64 fold results once to *dtype*, refusing overflow/underflow.
 
-    Non-finite results (division by a zero constant, var + eps == 0) are refused too: cast_checked only
-    catches finite values that *become* inf, and an inf already present in float64 would be written out."""
-    if not np.isfinite(values).all():
-        return Refusal(Reason.FOLD_OVERFLOW, f"{what} is not finite")
+    Non-finite results (division by a zero constant, var + eps == 0) are refused as overflow too."""
     out, problem = fold_math.cast_checked(values, dtype, **underflow_check)
     if problem == "overflow":
-        return Refusal(Reason.FOLD_OVERFLOW, f"{what} overflows {np.dtype(dtype).name}")
+        return Refusal(Reason.FOLD_OVERFLOW, f"{what} overflows {np.dtype(dtype).name} (or is not finite)")
     if problem == "underflow":
         return Refusal(Reason.FOLD_UNDERFLOW, f"{what} underflows {np.dtype(dtype).name}")
     return out
@@ -108,18 +109,19 @@ def plan_producer_fold(g: GraphIndex, producer: onnx.NodeProto, anchor: onnx.Nod
         return found
     weight, bias = found
     channels = output_channels(g, producer, weight)
+    w_in, b_in = g.exact(producer.input[1], weight), g.exact(_input(producer, 2), bias)
     if scale.shape != (channels,):
         return Refusal(Reason.SHAPE_MISMATCH, f"{scale.shape[0]} scale values for {channels} channels")
     attrs = attribute_values(producer)
     if producer.op_type == "Conv":
-        w64, b64 = fold_math.fold_into_conv(weight, bias, scale, shift)
+        w64, b64 = fold_math.fold_into_conv(w_in, b_in, scale, shift)
         channel_axis = 0
     elif producer.op_type == "ConvTranspose":
-        w64, b64 = fold_math.fold_into_conv_transpose(weight, bias, scale, shift, attrs.get("group", 1))
+        w64, b64 = fold_math.fold_into_conv_transpose(w_in, b_in, scale, shift, attrs.get("group", 1))
         channel_axis = 1  # unused: underflow is judged per output channel in _rounded_conv_transpose
     else:
         trans_b = bool(attrs.get("transB", 0))
-        w64, b64 = fold_math.fold_into_gemm(weight, bias, scale, shift, trans_b=trans_b, beta=attrs.get("beta", 1.0))
+        w64, b64 = fold_math.fold_into_gemm(w_in, b_in, scale, shift, trans_b=trans_b, beta=attrs.get("beta", 1.0))
         channel_axis = 0 if trans_b else 1
     return _plan_from_folded(producer, anchor, weight, w64, b64, scale, channel_axis)
 
@@ -153,14 +155,14 @@ def _plan_from_folded(producer, anchor, weight, w64, b64, scale, channel_axis) -
         return new_b
     x_name, y_name = producer.output[0], anchor.output[0]
     return Plan(anchor=anchor, target=producer, constants={1: (new_w, "weight"), 2: (new_b, "bias")},
-                surviving_output=y_name, removed_tensors={x_name: y_name})
+                precise={1: w64, 2: b64}, surviving_output=y_name, removed_tensors={x_name: y_name})
 
 
 def rewrite_producer_fold(g: GraphIndex, plan: Plan) -> None:
     """Write the folded constants, hand the anchor's output name to the producer, drop the anchor."""
     producer = plan.target
     for slot, (value, role) in sorted(plan.constants.items()):
-        g.set_constant_input(producer, slot, value, role)
+        g.set_constant_input(producer, slot, value, role, plan.precise.get(slot))
     if producer.op_type == "Gemm":
         _set_float_attribute(producer, "beta", 1.0)
     producer.output[0] = plan.anchor.output[0]

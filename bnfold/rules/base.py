@@ -30,6 +30,7 @@ class Plan:
     anchor: onnx.NodeProto  # the BatchNormalization (or affine Mul/Add/Sub/Div) that disappears
     target: onnx.NodeProto  # the node that absorbs it
     constants: dict[int, tuple[np.ndarray, str]] = field(default_factory=dict)  # target slot -> (value, role)
+    precise: dict[int, np.ndarray] = field(default_factory=dict)  # target slot -> float64 value before rounding
     surviving_output: str = ""  # tensor whose value equals the anchor's output after the fold
     removed_tensors: dict[str, str | None] = field(default_factory=dict)  # removed name -> surviving name
 

@@ -66,18 +66,21 @@ class BnConvRule:
         group = attribute_values(conv).get("group", 1)
         if scale.shape != (weight.shape[1] * group,):
             return Refusal(Reason.SHAPE_MISMATCH, f"{scale.shape[0]} channels vs conv input {weight.shape[1] * group}")
-        w64, b64 = fold_math.fold_into_following_conv(weight, bias, scale, shift, group)
+        bias_name = conv.input[2] if len(conv.input) > 2 else ""
+        w64, b64 = fold_math.fold_into_following_conv(g.exact(conv.input[1], weight), g.exact(bias_name, bias),
+                                                      scale, shift, group)
         new_w, new_b = rounded(w64, weight.dtype, "weight"), rounded(b64, weight.dtype, "bias")
         for value in (new_w, new_b):
             if isinstance(value, Refusal):
                 return value
         return Plan(anchor=bn, target=conv, constants={1: (new_w, "weight"), 2: (new_b, "bias")},
+                    precise={1: w64, 2: b64},
                     surviving_output=conv.output[0], removed_tensors={z: None})
 
     def rewrite(self, g, plan: Plan) -> None:
         conv, bn = plan.target, plan.anchor
         for slot, (value, role) in sorted(plan.constants.items()):
-            g.set_constant_input(conv, slot, value, role)
+            g.set_constant_input(conv, slot, value, role, plan.precise.get(slot))
         conv.input[0] = bn.input[0]
         g.remove_node(bn)
 

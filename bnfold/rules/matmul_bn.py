@@ -42,13 +42,15 @@ class MatMulBnRule:
         scale, shift = affine
         if scale.shape != (weight.shape[axis],):
             return Refusal(Reason.SHAPE_MISMATCH, f"{scale.shape[0]} channels vs weight axis {weight.shape[axis]}")
-        w64, bias64 = fold_math.fold_into_matmul(weight, scale, shift, channel_axis=axis)
+        exact = g.exact(matmul.input[slot], weight)
+        w64, bias64 = fold_math.fold_into_matmul(exact, scale, shift, channel_axis=axis)
         new_w = rounded(w64, weight.dtype, "weight", reference=weight, scale=scale, channel_axis=axis)
         bias = rounded(bias64 if slot == 1 else bias64.reshape(-1, 1), weight.dtype, "bias")
         for value in (new_w, bias):
             if isinstance(value, Refusal):
                 return value
         return Plan(anchor=bn, target=matmul, constants={slot: (new_w, "weight"), -1: (bias, "bias")},
+                    precise={slot: w64},
                     surviving_output=bn.output[0], removed_tensors={})
 
     @staticmethod
@@ -73,7 +75,7 @@ class MatMulBnRule:
     def rewrite(self, g, plan: Plan) -> None:
         matmul, bn = plan.target, plan.anchor
         slot = next(s for s in plan.constants if s >= 0)
-        g.set_constant_input(matmul, slot, *plan.constants[slot])
+        g.set_constant_input(matmul, slot, *plan.constants[slot], plan.precise.get(slot))
         bias_value, _ = plan.constants[-1]
         bias_name = g.names.fresh(f"{bn.name or bn.output[0]}_bias")
         g.graph.initializer.append(onnx.numpy_helper.from_array(bias_value, bias_name))

@@ -283,3 +283,28 @@ def test_disabled_rule_is_reported():
 def test_unknown_rule_name_is_a_usage_error():
     with pytest.raises(UsageError, match="unknown rule"):
         optimize(conv_bn_model(), verify=False, rules=["conv_bn", "no_such_rule"])
+
+
+def test_chain_of_folds_rounds_once_in_float64():
+    """Conv -> BN -> BN in fp16: the weight written equals the float64 composition rounded once,
+    not the first fold rounded to fp16 and then folded again."""
+    from onnx import numpy_helper
+
+    from bnfold import fold_math
+
+    b = GraphBuilder(dtype=np.float16, seed=5)
+    conv = b.conv(b.input("x", [1, 3, 6, 6]), 4)
+    p1, p2 = b.bn_params(4), b.bn_params(4)
+    b.output(b.bn(b.bn(conv, params=p1), params=p2))
+    model = b.build()
+    weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    conv_node = next(n for n in model.graph.node if n.op_type == "Conv")
+    w, bias = weights[conv_node.input[1]], weights[conv_node.input[2]]
+    s1, t1 = fold_math.bn_scale_shift(*p1, eps=1e-5)
+    s2, t2 = fold_math.bn_scale_shift(*p2, eps=1e-5)
+    w64, b64 = fold_math.fold_into_conv(*fold_math.fold_into_conv(w, bias, s1, t1), s2, t2)
+    folded = optimize(model, verify=False).model
+    out = {t.name: numpy_helper.to_array(t) for t in folded.graph.initializer}
+    conv_after = next(n for n in folded.graph.node if n.op_type == "Conv")
+    assert np.array_equal(out[conv_after.input[1]], w64.astype(np.float16))
+    assert np.array_equal(out[conv_after.input[2]], b64.astype(np.float16))
