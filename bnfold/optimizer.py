@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 import tempfile
 import time
@@ -218,12 +219,25 @@ def _checkable(model: onnx.ModelProto, applied: Sequence[AppliedFold]) -> list[s
 
 
 def _first_failing_fold(applied: Sequence[AppliedFold], report) -> tuple[AppliedFold, Any] | None:
+    """The fold to revert: the most upstream one whose own tensor fails; if only graph outputs fail (an
+    error that grows downstream, e.g. through a high-gain layer), the one closest to its tolerance."""
     # a fold's output may itself be a graph output, compared under report.outputs
-    failing = {t.name: t for t in (*report.outputs, *report.tensors) if not t.passed}
+    compared = {t.name: t for t in (*report.outputs, *report.tensors)}
     for fold in applied:  # applied is in graph order, so the first hit is the most upstream
-        if fold.output in failing:
-            return fold, failing[fold.output]
-    return None
+        tensor = compared.get(fold.output)
+        if tensor is not None and not tensor.passed:
+            return fold, tensor
+    ratios = [(_closeness(compared[f.output]), i) for i, f in enumerate(applied) if f.output in compared]
+    ratios = [(r, i) for r, i in ratios if math.isfinite(r)]
+    if not ratios or all(o.passed for o in report.outputs):
+        return None
+    _, index = max(ratios)
+    return applied[index], compared[applied[index].output]
+
+
+def _closeness(tensor) -> float:
+    """How close a passing tensor came to failing: its scaled error over its tolerance."""
+    return tensor.max_scaled_error / tensor.atol if tensor.atol > 0 else math.inf
 
 
 def _failure_message(report) -> str:

@@ -273,9 +273,6 @@ def test_fp16_gemm_bn_fold_is_not_reverted_for_rounding_noise_in_a_small_sample(
     assert optimize(model).report.reverted == ()
 
 
-@pytest.mark.xfail(strict=True, raises=VerificationFailed, reason=(
-    "bnfold.optimizer._first_failing_fold: an output fails but no fold tensor does, so no fold is reverted "
-    "and optimize raises VerificationFailed (reported)"))
 def test_fold_whose_error_grows_only_downstream_is_reverted_not_raised() -> None:
     """fp16 Conv -> BN1 -> Relu -> BN2. BN1 lifts activations to 8 +- 0.1 and BN2 (not foldable: Relu in
     between) removes the offset again. Folded, the Conv's output carries the offset and is rounded in fp16
