@@ -42,7 +42,7 @@ from bnfold.external_data import (
 
 __all__ = [
     "MIN_OPSET", "MIN_IR_VERSION", "SINGLE_FILE_LIMIT", "EXTERNAL_THRESHOLD", "SignalGuard", "SignalTerminated",
-    "load_model", "save_model", "uses_external_data", "has_external_data", "model_bytes_size",
+    "load_model", "load_model_and_layout", "save_model", "uses_external_data", "has_external_data", "model_bytes_size",
     "atomic_write", "write_text_atomic",
 ]
 
@@ -66,6 +66,12 @@ def load_model(path: str | os.PathLike, *, load_external_data: bool = True) -> o
     External data locations are always checked for safety; with ``load_external_data`` the data files must
     also exist and be long enough, and only then are the declared byte ranges read into the tensors.
     """
+    return load_model_and_layout(path, load_external_data=load_external_data)[0]
+
+
+def load_model_and_layout(path: str | os.PathLike, *, load_external_data: bool = True) -> tuple[onnx.ModelProto, bool]:
+    """``load_model``, plus whether the file kept tensors in external data (so a writer can keep that layout
+    without parsing the file a second time)."""
     path = Path(path)
     model = _parse(path, _read_model_file(path))
     _check_structure(path, model)
@@ -73,7 +79,7 @@ def load_model(path: str | os.PathLike, *, load_external_data: bool = True) -> o
     refs = check_external_data(model, path.absolute().parent, require_files=load_external_data)
     if load_external_data and refs:
         read_external_data(refs)
-    return model
+    return model, bool(refs)
 
 
 def uses_external_data(path: str | os.PathLike) -> bool:

@@ -79,6 +79,7 @@ class OptimizeResult:
     report: FoldReport
     verification: Any | None = None  # bnfold.verification.VerifyReport
     serialized: bytes | None = field(default=None, repr=False, compare=False)
+    source_external_data: bool = False  # the input file kept tensors in external data files
 
 
 def select_rules(rules: Sequence[str] | None, skip_rules: Sequence[str] | None) -> tuple[list[Rule], list[Rule]]:
@@ -94,15 +95,16 @@ def select_rules(rules: Sequence[str] | None, skip_rules: Sequence[str] | None) 
     return [r for r in RULES if r.name in wanted], [r for r in RULES if r.name not in wanted]
 
 
-def _load(model_or_path: onnx.ModelProto | str | os.PathLike) -> tuple[onnx.ModelProto, Any]:
-    """(a model we may mutate, the reference to verify against)."""
+def _load(model_or_path: onnx.ModelProto | str | os.PathLike) -> tuple[onnx.ModelProto, Any, bool]:
+    """(a model we may mutate, the reference to verify against, whether the file used external data)."""
     if isinstance(model_or_path, onnx.ModelProto):
         work = onnx.ModelProto()
         work.CopyFrom(model_or_path)
-        return work, model_or_path
-    from bnfold.io import load_model
+        return work, model_or_path, False
+    from bnfold.io import load_model_and_layout
 
-    return load_model(model_or_path), os.fspath(model_or_path)
+    model, external = load_model_and_layout(model_or_path)
+    return model, os.fspath(model_or_path), external
 
 
 def _fold(model: onnx.ModelProto, enabled, disabled, exclude, metadata: bool) -> FoldOutcome:
@@ -129,7 +131,7 @@ def optimize(model_or_path: onnx.ModelProto | str | os.PathLike, *, rules: Seque
     result is returned marked "not_verified" (or VerificationFailed with ``strict``).
     """
     enabled, disabled = select_rules(rules, skip_rules)
-    model, reference = _load(model_or_path)
+    model, reference, external = _load(model_or_path)
     before = model_stats(model)
     started = time.perf_counter()
     outcome = _fold(model, enabled, disabled, frozenset(), metadata)
@@ -150,7 +152,8 @@ def optimize(model_or_path: onnx.ModelProto | str | os.PathLike, *, rules: Seque
                         fold_seconds=round(fold_seconds, 6), verification=summary, cleaned=outcome.cleaned)
     if metadata and report.changed:
         serialized = add_provenance(model, serialized, report)
-    result = OptimizeResult(model=model, report=report, verification=verification, serialized=serialized)
+    result = OptimizeResult(model=model, report=report, verification=verification, serialized=serialized,
+                            source_external_data=external)
     _raise_on_failure(result, strict=strict, force=force)
     return result
 
