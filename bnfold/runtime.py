@@ -56,8 +56,12 @@ def create_session(
     opt_level: str = "disable",
     threads: int | None = None,
     extra_outputs: Sequence[str] = (),
+    graph: onnx.ModelProto | None = None,
 ) -> ort.InferenceSession:
     """An ``InferenceSession`` for *model*, optionally exposing intermediate tensors as outputs.
+
+    *graph*: the model's structure when the caller has parsed it already (``load_graph``); with bytes or a
+    path, extra outputs are then added without parsing or re-serialising the model (see ``_with_outputs``).
 
     Raises UsageError for unknown provider/level names or extra outputs the graph does not
     produce, RuntimeUnavailableError when the provider is not usable here, and ModelLoadError
@@ -65,7 +69,7 @@ def create_session(
     """
     providers = _providers_for(provider)
     options = _session_options(opt_level, threads)
-    payload = _payload(model, tuple(dict.fromkeys(extra_outputs)), options)
+    payload = _payload(model, tuple(dict.fromkeys(extra_outputs)), options, graph)
     try:
         session = ort.InferenceSession(payload, options, providers=list(providers))
     except Exception as exc:  # onnxruntime raises its own pybind11 exception types
@@ -101,6 +105,8 @@ def _session_options(opt_level: str, threads: int | None) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.graph_optimization_level = OPT_LEVELS[opt_level]
     options.log_severity_level = 3  # errors only: warnings about unused initializers are noise here
+    # no busy-waiting between runs: verification interleaves numpy work with inference on few cores
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads is not None:
         if threads < 1:
             raise UsageError(f"threads must be >= 1, got {threads}")
@@ -108,24 +114,41 @@ def _session_options(opt_level: str, threads: int | None) -> ort.SessionOptions:
     return options
 
 
-def _payload(model: ModelSource, extra: tuple[str, ...], options: ort.SessionOptions) -> str | bytes:
+def _payload(model: ModelSource, extra: tuple[str, ...], options: ort.SessionOptions,
+             graph: onnx.ModelProto | None) -> str | bytes:
     """What to hand onnxruntime: the path itself when possible, else the serialised graph."""
     if isinstance(model, onnx.ModelProto):
         return _serialise_with_outputs(model, extra)
     if isinstance(model, (bytes, bytearray)):
         if not extra:
             return bytes(model)
-        return _serialise_with_outputs(_parse(bytes(model)), extra)
+        return _with_outputs(bytes(model), graph if graph is not None else _parse(bytes(model)), extra)
     if isinstance(model, (str, os.PathLike)):
         path = Path(model)
         if not path.is_file():
             raise ModelLoadError(f"model file not found: {path}")
         if not extra:
             return str(path)
-        graph_only = _load_graph(path)
+        structure = graph if graph is not None else _load_graph(path)
         options.add_session_config_entry(_EXTERNAL_FOLDER_KEY, str(path.resolve().parent))
-        return _serialise_with_outputs(graph_only, extra)
+        return _with_outputs(path.read_bytes(), structure, extra)
     raise UsageError(f"expected a ModelProto, bytes or a path, got {type(model).__name__}")
+
+
+def _with_outputs(data: bytes, structure: onnx.ModelProto, extra: tuple[str, ...]) -> bytes:
+    """*data* (a serialised model) with *extra* graph outputs, without parsing or re-serialising it.
+
+    Protobuf merges a message with a second copy of a field on parsing: appending a serialised ModelProto
+    whose graph holds only the new outputs yields the model with those outputs appended to graph.output.
+    """
+    present = {o.name for o in structure.graph.output}
+    added = [name for name in extra if name not in present]
+    _check_produced(structure.graph, added)
+    if not added:
+        return data
+    fragment = onnx.ModelProto()
+    fragment.graph.output.extend(onnx.ValueInfoProto(name=name) for name in added)  # types: ORT infers them
+    return data + fragment.SerializeToString()
 
 
 def load_graph(model: ModelSource) -> onnx.ModelProto:

@@ -147,10 +147,8 @@ def verify(
     feeds, specs = make_feeds(ref_model, inputs=inputs, input_shapes=input_shapes, samples=samples, seed=seed,
                               value_range=value_range)
     plan = plan_tensors(ref_model.graph, cand_model.graph, check_tensors, per_layer)
-    ref_session = create_session(_session_source(reference, ref_model, plan.extra), provider=provider,
-                                 extra_outputs=plan.extra)
-    cand_session = create_session(_session_source(candidate, cand_model, plan.extra), provider=provider,
-                                  extra_outputs=plan.extra)
+    ref_session = create_session(reference, provider=provider, extra_outputs=plan.extra, graph=ref_model)
+    cand_session = create_session(candidate, provider=provider, extra_outputs=plan.extra, graph=cand_model)
     ref_names = plan.outputs + plan.extra
     cand_names = [n for n in plan.outputs if n not in plan.missing] + plan.extra
     trackers: dict[str, WorstCase] = {}
@@ -167,12 +165,6 @@ def verify(
         _compare_sample(index, trackers, ref_values, cand_values, plan, atol, rtol)
     _rejudge(trackers, feeds, ref_session, cand_session)
     return _report(trackers, plan, specs, len(feeds), seed, provider, notes, cand_model.graph, (atol, rtol))
-
-
-def _session_source(source: ModelSource, parsed: onnx.ModelProto, extra: Sequence[str]) -> ModelSource:
-    """A path stays a path (onnxruntime reads it, external data included); bytes stay bytes unless outputs
-    must be added, and then the proto parsed from them already is reused rather than parsed again."""
-    return parsed if isinstance(source, (bytes, bytearray)) and extra else source
 
 
 def _run_reference(session, names: list[str], feed: dict[str, np.ndarray],
