@@ -74,6 +74,17 @@ def weights(g: GraphIndex, node: onnx.NodeProto, slots: tuple[int, ...]) -> list
     return values
 
 
+CHAIN_OPS = frozenset({"BatchNormalization", "Mul", "Add", "Sub", "Div"})
+
+
+def keep_precise(g: GraphIndex, plan: Plan, output: str) -> dict[int, np.ndarray]:
+    """The float64 values worth remembering: only where *output* feeds a node that may fold into the same
+    weights next (a chain), so a plain Conv -> BN -> Relu keeps no float64 copy of its weights alive."""
+    if any(reader.op_type in CHAIN_OPS for reader in g.readers(output)):
+        return plan.precise
+    return {}
+
+
 def _input(node: onnx.NodeProto, slot: int) -> str:
     return node.input[slot] if slot < len(node.input) else ""
 
@@ -161,8 +172,9 @@ def _plan_from_folded(producer, anchor, weight, w64, b64, scale, channel_axis) -
 def rewrite_producer_fold(g: GraphIndex, plan: Plan) -> None:
     """Write the folded constants, hand the anchor's output name to the producer, drop the anchor."""
     producer = plan.target
+    precise = keep_precise(g, plan, plan.anchor.output[0])
     for slot, (value, role) in sorted(plan.constants.items()):
-        g.set_constant_input(producer, slot, value, role, plan.precise.get(slot))
+        g.set_constant_input(producer, slot, value, role, precise.get(slot))
     if producer.op_type == "Gemm":
         _set_float_attribute(producer, "beta", 1.0)
     producer.output[0] = plan.anchor.output[0]

@@ -21,7 +21,7 @@ import onnx
 from bnfold import fold_math
 from bnfold.constants import attribute_values
 from bnfold.reasons import Reason
-from bnfold.rules._common import bn_affine, rounded, weights
+from bnfold.rules._common import bn_affine, keep_precise, rounded, weights
 from bnfold.rules.base import Plan, Refusal
 
 
@@ -79,8 +79,9 @@ class BnConvRule:
 
     def rewrite(self, g, plan: Plan) -> None:
         conv, bn = plan.target, plan.anchor
+        precise = keep_precise(g, plan, conv.output[0])
         for slot, (value, role) in sorted(plan.constants.items()):
-            g.set_constant_input(conv, slot, value, role, plan.precise.get(slot))
+            g.set_constant_input(conv, slot, value, role, precise.get(slot))
         conv.input[0] = bn.input[0]
         g.remove_node(bn)
 

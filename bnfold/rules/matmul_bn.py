@@ -20,7 +20,7 @@ import onnx
 
 from bnfold import fold_math
 from bnfold.reasons import Reason
-from bnfold.rules._common import bn_affine, rounded, sole_producer
+from bnfold.rules._common import bn_affine, keep_precise, rounded, sole_producer
 from bnfold.rules.base import Plan, Refusal
 
 
@@ -75,7 +75,7 @@ class MatMulBnRule:
     def rewrite(self, g, plan: Plan) -> None:
         matmul, bn = plan.target, plan.anchor
         slot = next(s for s in plan.constants if s >= 0)
-        g.set_constant_input(matmul, slot, *plan.constants[slot], plan.precise.get(slot))
+        g.set_constant_input(matmul, slot, *plan.constants[slot], keep_precise(g, plan, bn.output[0]).get(slot))
         bias_value, _ = plan.constants[-1]
         bias_name = g.names.fresh(f"{bn.name or bn.output[0]}_bias")
         g.graph.initializer.append(onnx.numpy_helper.from_array(bias_value, bias_name))
