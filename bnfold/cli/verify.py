@@ -6,6 +6,7 @@ Exit codes: 0 the candidate matches; 1 it does not; 2 usage; 3 a model or its in
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -31,10 +32,13 @@ MAX_TENSOR_ROWS = 12  # intermediate tensors listed one by one; beyond, only the
 @click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True)
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
               help="Write the JSON report here (also when verification fails).")
+@click.option("--truth", type=click.Choice(["float64"]), default=None,
+              help="Also measure both models against the reference evaluated in float64 (onnx's reference "
+                   "evaluator: small models).")
 @input_options
 def verify_command(reference: Path, candidate: Path, atol: float | None, rtol: float | None, per_layer: bool,
-                   check_tensors: tuple[str, ...], provider: str, json_path: Path | None, input_shapes, inputs,
-                   samples: int, seed: int, value_range) -> None:
+                   check_tensors: tuple[str, ...], provider: str, json_path: Path | None, truth: str | None,
+                   input_shapes, inputs, samples: int, seed: int, value_range) -> None:
     """Check that CANDIDATE computes what REFERENCE computes (onnxruntime, graph optimizations disabled).
 
     Exit codes: 0 match; 1 mismatch; 2 usage; 3 model or inputs unusable; 4 report cannot be written.
@@ -47,11 +51,30 @@ def verify_command(reference: Path, candidate: Path, atol: float | None, rtol: f
     report = verify(str(reference), str(candidate), inputs=inputs, input_shapes=dict(input_shapes) or None,
                     atol=atol, rtol=rtol, per_layer=per_layer, samples=samples, seed=seed, value_range=value_range,
                     provider=provider, check_tensors=check_tensors)
+    truth_rows = _truth(reference, candidate, truth, inputs, input_shapes, samples, seed, value_range)
     if json_path is not None:
-        write_text_atomic(json_path, report.to_json() + "\n")
+        document = report.to_dict() | ({"truth": [row.to_dict() for row in truth_rows]} if truth else {})
+        write_text_atomic(json_path, json.dumps(document, indent=2) + "\n")
     click.echo(render(report, reference=str(reference), candidate=str(candidate)))
+    for row in truth_rows:
+        click.echo(f"vs float64 truth: output {row.output!r}: reference error {row.reference_error:.3g}, "
+                   f"candidate error {row.candidate_error:.3g} (max |error| / max |truth|)")
     if not report.passed:
         raise VerificationFailed(f"verification failed: {report.summary()}", report)
+
+
+def _truth(reference: Path, candidate: Path, truth: str | None, inputs, input_shapes, samples, seed, value_range):
+    """The float64 comparison on the very feeds verify used (same options, same seed)."""
+    if truth is None:
+        return ()
+    from bnfold.inputs import make_feeds
+    from bnfold.io import load_model
+    from bnfold.truth import compare_to_truth
+
+    model = load_model(reference)
+    feeds, _ = make_feeds(model, inputs=inputs, input_shapes=dict(input_shapes) or None, samples=samples,
+                          seed=seed, value_range=value_range)
+    return compare_to_truth(model, str(candidate), feeds)
 
 
 def render(report, *, reference: str, candidate: str) -> str:
