@@ -1,9 +1,10 @@
-"""Tensors stored outside the ``.onnx`` file: finding them, refusing unsafe locations, reading and writing them.
+"""Tensors stored outside the ``.onnx`` file: finding them, refusing unsafe locations, reading them.
 
 A model file names its external data with a free-form ``location`` string. Trusting it would let a crafted
 model read any file the user can (``/etc/passwd``, ``../../secrets``), so every location is checked -- and
 every data file sized -- before a single byte of tensor data is read. Reading touches only the declared byte
-ranges, one tensor at a time, so memory stays close to the size of the model itself.
+ranges, one tensor at a time, so memory stays close to the size of the model itself. Writing data files is
+``bnfold.external_write``; reading single tensors on demand (lazy models) is ``bnfold.lazy_data``.
 """
 
 from __future__ import annotations
@@ -23,11 +24,7 @@ from onnx import TensorProto
 from bnfold.errors import ModelLoadError, UnsafeExternalDataError
 
 EXTERNAL = TensorProto.EXTERNAL
-_PAYLOAD_FIELDS = frozenset(
-    {"raw_data", "float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data",
-     "external_data", "data_location"}
-)
-_ALIGNMENT = 64  # payload offsets in written data files; lets readers map tensors without copying
+_INITIALIZER = "initializer"  # label prefix of graph initializers (sparse ones start with "sparse")
 
 # Bits per element, by data type name (names absent from older onnx releases are skipped).
 _BITS_BY_NAME = {
@@ -38,17 +35,6 @@ _BITS_BY_NAME = {
 }
 _BITS = {getattr(TensorProto, n): b for n, b in _BITS_BY_NAME.items() if hasattr(TensorProto, n)}
 
-# Typed-field tensors that can be turned into little-endian raw bytes: data type -> (field, numpy dtype).
-_TYPED_AS_RAW = {
-    TensorProto.FLOAT: ("float_data", "<f4"), TensorProto.COMPLEX64: ("float_data", "<f4"),
-    TensorProto.DOUBLE: ("double_data", "<f8"), TensorProto.COMPLEX128: ("double_data", "<f8"),
-    TensorProto.INT64: ("int64_data", "<i8"), TensorProto.UINT64: ("uint64_data", "<u8"),
-    TensorProto.UINT32: ("uint64_data", "<u4"), TensorProto.INT32: ("int32_data", "<i4"),
-    TensorProto.INT16: ("int32_data", "<i2"), TensorProto.INT8: ("int32_data", "i1"),
-    TensorProto.UINT16: ("int32_data", "<u2"), TensorProto.UINT8: ("int32_data", "u1"),
-    TensorProto.BOOL: ("int32_data", "u1"), TensorProto.FLOAT16: ("int32_data", "<u2"),
-    TensorProto.BFLOAT16: ("int32_data", "<u2"),
-}
 # Upper bound of the encoded bytes per element of each typed field (varints take up to 10).
 _TYPED_WIDTH = {"float_data": 4, "double_data": 8, "int32_data": 10, "int64_data": 10, "uint64_data": 10}
 
@@ -63,6 +49,11 @@ class ExternalRef:
     path: Path
     offset: int
     length: int | None  # None when the data file was not examined (require_files=False)
+
+    @property
+    def initializer(self) -> bool:
+        """Whether the tensor is a graph initializer (of the main graph or a subgraph)."""
+        return self.label.startswith(_INITIALIZER + " ")
 
 
 # ---------------------------------------------------------------- walking every tensor
@@ -81,7 +72,7 @@ def iter_tensors(model: onnx.ModelProto) -> Iterator[tuple[str, TensorProto]]:
 
 def _graph_tensors(graph: onnx.GraphProto) -> Iterator[tuple[str, TensorProto]]:
     for tensor in graph.initializer:
-        yield f"initializer {tensor.name!r}", tensor
+        yield f"{_INITIALIZER} {tensor.name!r}", tensor
     for sparse in graph.sparse_initializer:
         yield f"sparse initializer {sparse.values.name!r} (values)", sparse.values
         yield f"sparse initializer {sparse.values.name!r} (indices)", sparse.indices
@@ -109,6 +100,11 @@ def _node_tensors(node: onnx.NodeProto) -> Iterator[tuple[str, TensorProto]]:
 def has_external_data(model: onnx.ModelProto) -> bool:
     """Whether any tensor of this in-memory proto still points at external data (i.e. was not loaded)."""
     return any(tensor.data_location == EXTERNAL for _, tensor in iter_tensors(model))
+
+
+def holds_tensors(attr: onnx.AttributeProto) -> bool:
+    """Whether an attribute carries tensors or subgraphs (whose size protobuf would have to serialise to tell)."""
+    return attr.HasField("t") or attr.HasField("g") or len(attr.tensors) > 0 or len(attr.graphs) > 0
 
 
 # ---------------------------------------------------------------- sizes without serialising
@@ -146,16 +142,17 @@ def check_external_data(model: onnx.ModelProto, folder: Path, *, require_files: 
     ``require_files`` the data files must also exist and hold ``offset + length`` bytes.
     """
     root = os.path.realpath(folder)
-    refs = []
-    for label, tensor in iter_tensors(model):
-        if tensor.data_location != EXTERNAL:
-            continue
-        location, offset, length = _external_entries(label, tensor)
-        path = _resolve_inside(root, location, label)
-        if require_files:
-            length = _check_extent(label, tensor, location, path, offset, length)
-        refs.append(ExternalRef(label, tensor, location, path, offset, length))
-    return refs
+    return [check_ref(label, tensor, root, require_file=require_files)
+            for label, tensor in iter_tensors(model) if tensor.data_location == EXTERNAL]
+
+
+def check_ref(label: str, tensor: TensorProto, root: str, *, require_file: bool) -> ExternalRef:
+    """Validate one external tensor against ``root`` (a real path, see ``check_external_data``)."""
+    location, offset, length = _external_entries(label, tensor)
+    path = _resolve_inside(root, location, label)
+    if require_file:
+        length = _check_extent(label, tensor, location, path, offset, length)
+    return ExternalRef(label, tensor, location, path, offset, length)
 
 
 def _external_entries(label: str, tensor: TensorProto) -> tuple[str, int, int | None]:
@@ -240,106 +237,3 @@ def read_external_data(refs: list[ExternalRef]) -> None:
     finally:
         for handle in handles.values():
             handle.close()
-
-
-# ---------------------------------------------------------------- writing
-
-class _PayloadWriter:
-    """Moves tensor payloads above a threshold into one data file and hands back payload-free stand-ins."""
-
-    def __init__(self, out: BinaryIO, location: str, threshold: int) -> None:
-        self.out, self.location, self.threshold = out, location, threshold
-        self.position = 0
-        self.count = 0
-
-    def tensor(self, tensor: TensorProto) -> TensorProto:
-        if tensor.data_location == EXTERNAL or payload_estimate(tensor) <= self.threshold:
-            return tensor
-        data = _payload_bytes(tensor)
-        if data is None:  # strings and exotic typed encodings stay inline
-            return tensor
-        padding = -self.position % _ALIGNMENT
-        self.out.write(b"\0" * padding + data)
-        offset, self.position = self.position + padding, self.position + padding + len(data)
-        self.count += 1
-        stand_in = TensorProto()
-        copy_fields(tensor, stand_in, skip=_PAYLOAD_FIELDS)
-        stand_in.data_location = EXTERNAL
-        for key, value in (("location", self.location), ("offset", str(offset)), ("length", str(len(data)))):
-            entry = stand_in.external_data.add()
-            entry.key, entry.value = key, value
-        return stand_in
-
-
-def _payload_bytes(tensor: TensorProto) -> bytes | None:
-    if tensor.HasField("raw_data"):
-        return tensor.raw_data
-    field_dtype = _TYPED_AS_RAW.get(tensor.data_type)
-    if field_dtype is None:
-        return None
-    import numpy as np
-
-    field, dtype = field_dtype
-    return np.asarray(getattr(tensor, field)).astype(dtype).tobytes()
-
-
-def copy_fields(source, target, *, skip: frozenset[str] = frozenset()) -> None:
-    """Copy every set field of one protobuf message onto another of the same type, except ``skip``."""
-    for descriptor, value in source.ListFields():
-        if descriptor.name in skip:
-            continue
-        repeated = getattr(descriptor, "is_repeated", None)
-        if repeated is None:  # protobuf < 5 spells it with labels
-            repeated = descriptor.label == descriptor.LABEL_REPEATED
-        if repeated:
-            getattr(target, descriptor.name).extend(value)
-        elif descriptor.message_type is not None:
-            getattr(target, descriptor.name).CopyFrom(value)
-        else:
-            setattr(target, descriptor.name, value)
-
-
-def externalize(model: onnx.ModelProto, out: BinaryIO, location: str, threshold: int) -> tuple[onnx.ModelProto, int]:
-    """Write payloads over ``threshold`` bytes to ``out`` and return (model that refers to them, how many).
-
-    The caller's model is left untouched, and no payload is copied into the returned proto, so memory
-    stays near one model plus one tensor. Covers initializers and tensor attributes in every (sub)graph.
-    """
-    writer = _PayloadWriter(out, location, threshold)
-    shell = onnx.ModelProto()
-    copy_fields(model, shell, skip=frozenset({"graph"}))
-    shell.graph.CopyFrom(_graph_stand_in(model.graph, writer))
-    return shell, writer.count
-
-
-def _graph_stand_in(graph: onnx.GraphProto, writer: _PayloadWriter) -> onnx.GraphProto:
-    result = onnx.GraphProto()
-    copy_fields(graph, result, skip=frozenset({"node", "initializer"}))
-    result.initializer.extend(writer.tensor(tensor) for tensor in graph.initializer)
-    result.node.extend(_node_stand_in(node, writer) for node in graph.node)
-    return result
-
-
-def _node_stand_in(node: onnx.NodeProto, writer: _PayloadWriter) -> onnx.NodeProto:
-    if not any(holds_tensors(attr) for attr in node.attribute):
-        return node
-    result = onnx.NodeProto()
-    copy_fields(node, result, skip=frozenset({"attribute"}))
-    for attr in node.attribute:
-        if not holds_tensors(attr):
-            result.attribute.append(attr)
-            continue
-        stand_in = result.attribute.add()
-        copy_fields(attr, stand_in, skip=frozenset({"t", "tensors", "g", "graphs"}))
-        if attr.HasField("t"):
-            stand_in.t.CopyFrom(writer.tensor(attr.t))
-        stand_in.tensors.extend(writer.tensor(tensor) for tensor in attr.tensors)
-        if attr.HasField("g"):
-            stand_in.g.CopyFrom(_graph_stand_in(attr.g, writer))
-        stand_in.graphs.extend(_graph_stand_in(graph, writer) for graph in attr.graphs)
-    return result
-
-
-def holds_tensors(attr: onnx.AttributeProto) -> bool:
-    """Whether an attribute carries tensors or subgraphs (whose size protobuf would have to serialise to tell)."""
-    return attr.HasField("t") or attr.HasField("g") or len(attr.tensors) > 0 or len(attr.graphs) > 0

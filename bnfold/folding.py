@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import onnx
 
@@ -17,6 +18,9 @@ from bnfold.graph import GraphIndex, NameAllocator, subgraphs
 from bnfold.ranks import RankOracle
 from bnfold.reasons import Reason
 from bnfold.rules import Plan, Refusal, Rule
+
+if TYPE_CHECKING:
+    from bnfold.lazy_data import DataFolder
 
 MAX_PASSES = 16
 BN = "BatchNormalization"
@@ -68,10 +72,12 @@ def site_key(label: str, node: onnx.NodeProto) -> str:
     return f"{label}:{node.output[0] if node.output else node.name}"
 
 
-def graph_indexes(model: onnx.ModelProto) -> Iterator[GraphIndex]:
-    """Indexes for the main graph and every subgraph, parents before children."""
+def graph_indexes(model: onnx.ModelProto, data: DataFolder | None = None) -> Iterator[GraphIndex]:
+    """Indexes for the main graph and every subgraph, parents before children. ``data``: where a lazily
+    loaded model's external initializers live (see ``bnfold.lazy_data``)."""
     names, ranks, opset, precise = NameAllocator(model), RankOracle(model), ai_onnx_opset(model), {}
-    pending = [GraphIndex(model.graph, label="main", opset=opset, names=names, ranks=ranks, precise=precise)]
+    pending = [GraphIndex(model.graph, label="main", opset=opset, names=names, ranks=ranks, precise=precise,
+                          data=data)]
     while pending:
         index = pending.pop(0)
         yield index
@@ -79,14 +85,14 @@ def graph_indexes(model: onnx.ModelProto) -> Iterator[GraphIndex]:
             for attr_name, sub in subgraphs(node):
                 label = f"{index.label}/{node.name or node.op_type}.{attr_name}"
                 pending.append(GraphIndex(sub, label=label, opset=opset, names=names, parent=index, ranks=ranks,
-                                          precise=precise))
+                                          precise=precise, data=data))
 
 
 def fold_model(model: onnx.ModelProto, rules: Sequence[Rule], *, disabled: Sequence[Rule] = (),
-               exclude: frozenset[str] = frozenset()) -> FoldOutcome:
+               exclude: frozenset[str] = frozenset(), data: DataFolder | None = None) -> FoldOutcome:
     """Fold *model* in place to a fixed point; return what was done and what was left, and why."""
     outcome = FoldOutcome()
-    for index in graph_indexes(model):
+    for index in graph_indexes(model, data):
         _fold_graph(index, rules, disabled, exclude, outcome)
     return outcome
 

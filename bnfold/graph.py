@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -16,6 +17,9 @@ from onnx import helper, numpy_helper
 
 from bnfold.constants import CONSTANT_OPS, evaluate_node
 from bnfold.reasons import Reason
+
+if TYPE_CHECKING:
+    from bnfold.lazy_data import DataFolder
 
 FLOAT_DTYPES = frozenset({np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)})
 
@@ -60,7 +64,8 @@ def assign_array(tensor: onnx.TensorProto, value: np.ndarray, name: str) -> None
 
     Building a separate proto and copying it in costs two more copies of every folded weight (for a
     100 MB model, a noticeable share of the fold); plain float arrays get their fields set directly.
-    Other dtypes go through onnx's own encoder.
+    Other dtypes go through onnx's own encoder. Either way every old field goes, the external data
+    location of a lazily loaded tensor included: the tensor now holds its new value inline.
     """
     if value.dtype not in FLOAT_DTYPES:
         tensor.CopyFrom(numpy_helper.from_array(value, name))
@@ -109,9 +114,11 @@ class GraphIndex:
     """Producer/consumer maps and constant lookups for one graph; rebuilt with :meth:`refresh`."""
 
     def __init__(self, graph: onnx.GraphProto, *, label: str, opset: int, names: NameAllocator,
-                 parent: GraphIndex | None = None, ranks=None, precise: dict[str, np.ndarray] | None = None) -> None:
+                 parent: GraphIndex | None = None, ranks=None, precise: dict[str, np.ndarray] | None = None,
+                 data: DataFolder | None = None) -> None:
         self.graph, self.label, self.opset, self.names, self.parent = graph, label, opset, names, parent
         self.ranks = ranks  # a RankOracle shared by the whole model, or None
+        self.data = data  # where a lazily loaded model's external initializers are read from, on demand
         # float64 values of constants folds wrote (before rounding), shared by the whole model: a chain of
         # folds into one weight (Conv -> BN -> BN, Conv -> Mul -> Add) then rounds once, not once per fold
         self.precise = {} if precise is None else precise
@@ -162,7 +169,7 @@ class GraphIndex:
         if name in self.initializers:
             if name in self.inputs:
                 return ConstLookup(None, Reason.OVERRIDABLE_INITIALIZER)
-            return ConstLookup(numpy_helper.to_array(self.initializers[name]))
+            return ConstLookup(self._initializer_value(self.initializers[name]))
         if name in self.inputs:
             return ConstLookup(None, Reason.WEIGHT_NOT_CONSTANT)
         node = self.producer.get(name)
@@ -171,6 +178,11 @@ class GraphIndex:
         if self.parent is not None:
             return self.parent.constant(name)
         return ConstLookup(None, Reason.WEIGHT_NOT_CONSTANT)
+
+    def _initializer_value(self, tensor: onnx.TensorProto) -> np.ndarray:
+        if self.data is not None and tensor.data_location == onnx.TensorProto.EXTERNAL:
+            return self.data.array(tensor)  # read now, from the checked range only; the proto stays external
+        return numpy_helper.to_array(tensor)
 
     def _evaluate(self, node: onnx.NodeProto, name: str) -> ConstLookup:
         if node.op_type not in CONSTANT_OPS or list(node.output).index(name) != 0:

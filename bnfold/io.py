@@ -32,18 +32,19 @@ from bnfold.atomic import (
 from bnfold.errors import ModelLoadError, OutputWriteError, UnsupportedModelError
 from bnfold.external_data import (
     check_external_data,
-    externalize,
     has_external_data,
     holds_tensors,
     iter_tensors,
     payload_estimate,
     read_external_data,
 )
+from bnfold.external_write import externalize
+from bnfold.lazy_data import DataFolder
 
 __all__ = [
     "MIN_OPSET", "MIN_IR_VERSION", "SINGLE_FILE_LIMIT", "EXTERNAL_THRESHOLD", "SignalGuard", "SignalTerminated",
-    "load_model", "load_model_and_layout", "save_model", "uses_external_data", "has_external_data", "model_bytes_size",
-    "atomic_write", "write_text_atomic",
+    "load_model", "load_model_and_layout", "model_folder", "save_model", "uses_external_data", "has_external_data",
+    "model_bytes_size", "atomic_write", "write_text_atomic",
 ]
 
 # ai.onnx opset 7 is the floor: onnxruntime, which verifies every fold, has no BatchNormalization kernel
@@ -69,17 +70,30 @@ def load_model(path: str | os.PathLike, *, load_external_data: bool = True) -> o
     return load_model_and_layout(path, load_external_data=load_external_data)[0]
 
 
-def load_model_and_layout(path: str | os.PathLike, *, load_external_data: bool = True) -> tuple[onnx.ModelProto, bool]:
+def load_model_and_layout(path: str | os.PathLike, *, load_external_data: bool = True,
+                          lazy: bool = False) -> tuple[onnx.ModelProto, bool]:
     """``load_model``, plus whether the file kept tensors in external data (so a writer can keep that layout
-    without parsing the file a second time)."""
+    without parsing the file a second time).
+
+    ``lazy`` (with ``load_external_data``): every check runs as for a full load (locations safe, data files
+    present and long enough), but graph initializers stay in their data files; only the other external
+    tensors (node attributes, sparse tensors) are read. Such a model reads its weights on demand through
+    ``bnfold.lazy_data.DataFolder(model_folder(path))``, and is saved with ``save_model(...,
+    source_folder=model_folder(path))``, which copies the untouched payloads without loading them.
+    """
     path = Path(path)
     model = _parse(path, _read_model_file(path))
     _check_structure(path, model)
     _check_versions(path, model)
-    refs = check_external_data(model, path.absolute().parent, require_files=load_external_data)
+    refs = check_external_data(model, model_folder(path), require_files=load_external_data)
     if load_external_data and refs:
-        read_external_data(refs)
+        read_external_data([ref for ref in refs if not (lazy and ref.initializer)])
     return model, bool(refs)
+
+
+def model_folder(path: str | os.PathLike) -> Path:
+    """The folder a model file's external data locations are relative to."""
+    return Path(path).absolute().parent
 
 
 def uses_external_data(path: str | os.PathLike) -> bool:
@@ -198,6 +212,7 @@ def save_model(
     *,
     external_data: bool | None = None,
     serialized: bytes | None = None,
+    source_folder: str | os.PathLike | None = None,
 ) -> None:
     """Write ``model`` to ``path`` atomically; the destination is either the old file or the complete new one.
 
@@ -209,20 +224,23 @@ def save_model(
 
     The output folder must exist: a missing folder raises OutputWriteError rather than being created,
     because a mistyped ``-o`` path should not silently grow new directory trees. Permission problems, a
-    full disk and the like raise OutputWriteError naming the path and the reason. A model that still
-    refers to unloaded external data is refused (its locations mean nothing next to the new file).
+    full disk and the like raise OutputWriteError naming the path and the reason.
+
+    ``source_folder``: the folder a lazily loaded model (``load_model_and_layout(lazy=True)``) came from.
+    Tensors it still keeps in data files there are copied, a chunk at a time, into the new data file
+    (so the save needs external data); the output may replace those very files (``--in-place``). Without
+    ``source_folder``, a model that still refers to unloaded external data is refused.
     """
     path = Path(path)
     require_folder(path)
-    if has_external_data(model):
-        raise OutputWriteError(
-            f"cannot write {path}: the model still refers to external data it never loaded "
-            "(load it with load_external_data=True)"
-        )
+    lazy = has_external_data(model)
+    if lazy:
+        _check_lazy_save(model, path, external_data, source_folder)
+        external_data = True
     if external_data is None:
         external_data = serialized is None and model_bytes_size(model) > SINGLE_FILE_LIMIT
     if external_data:
-        _save_with_external_data(model, path)
+        _save_with_external_data(model, path, DataFolder(source_folder) if lazy else None)
         return
     payload = serialized if serialized is not None else _serialize(model, path)
     atomic_write(path, lambda handle: handle.write(payload))
@@ -237,12 +255,28 @@ def _serialize(model: onnx.ModelProto, path: Path) -> bytes:
         ) from None
 
 
-def _save_with_external_data(model: onnx.ModelProto, path: Path) -> None:
+def _check_lazy_save(model: onnx.ModelProto, path: Path, external_data: bool | None,
+                     source_folder: str | os.PathLike | None) -> None:
+    if source_folder is None:
+        raise OutputWriteError(
+            f"cannot write {path}: the model still refers to external data it never loaded "
+            "(load it with load_external_data=True, or pass the folder it came from as source_folder)"
+        )
+    if external_data is False:
+        raise OutputWriteError(
+            f"cannot write {path} as a single file: some of its tensors are still in external data files "
+            f"in {source_folder}; save it with external data"
+        )
+
+
+def _save_with_external_data(model: onnx.ModelProto, path: Path, source: DataFolder | None) -> None:
     data_path = path.with_name(path.name + ".data")
     # Both files are fully written before either is renamed, so a failure while writing leaves the old pair
     # as it was; only a crash between the two renames (microseconds) could pair new data with an old model.
+    # Payloads still in the source's data files are read while the new data file is written under a
+    # temporary name, so replacing those very files (in place) is safe.
     with SignalGuard(), staged(data_path) as data_stage, staged(path) as model_stage:
-        shell, moved = externalize(model, data_stage.handle, data_path.name, EXTERNAL_THRESHOLD)
+        shell, moved = externalize(model, data_stage.handle, data_path.name, EXTERNAL_THRESHOLD, source)
         model_stage.handle.write(_serialize(shell, path))
         if moved:
             data_stage.commit()

@@ -11,8 +11,9 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import onnx
@@ -20,7 +21,9 @@ import onnx
 from bnfold import __version__
 from bnfold.cleanup import clean_graph
 from bnfold.errors import ShapeGuessError, UsageError, VerificationFailed
+from bnfold.external_data import has_external_data
 from bnfold.folding import AppliedFold, FoldOutcome, RefusedSite, fold_model
+from bnfold.lazy_data import DataFolder
 from bnfold.provenance import add_provenance, strip_provenance
 from bnfold.report import SCHEMA_VERSION, ReportMixin
 from bnfold.rules import RULE_NAMES, RULES, Rule
@@ -73,13 +76,20 @@ class FoldReport(ReportMixin):
 
 @dataclass(frozen=True)
 class OptimizeResult:
-    """The folded model and its report. ``serialized`` holds the verified bytes when verification ran."""
+    """The folded model and its report. ``serialized`` holds the verified bytes when verification ran
+    (None where ``model`` still refers to external data files: such bytes only run beside those files).
+
+    A model file with external data is loaded lazily: ``model`` then still refers to the weights the fold
+    left unchanged, in their data files in ``external_folder`` (the input's folder). Save it with
+    ``bnfold.io.save_model(result.model, path, source_folder=result.external_folder)``, which copies them.
+    """
 
     model: onnx.ModelProto
     report: FoldReport
     verification: Any | None = None  # bnfold.verification.VerifyReport
     serialized: bytes | None = field(default=None, repr=False, compare=False)
     source_external_data: bool = False  # the input file kept tensors in external data files
+    external_folder: Path | None = None  # where ``model``'s remaining external tensors live; None: none remain
 
 
 def select_rules(rules: Sequence[str] | None, skip_rules: Sequence[str] | None) -> tuple[list[Rule], list[Rule]]:
@@ -95,21 +105,23 @@ def select_rules(rules: Sequence[str] | None, skip_rules: Sequence[str] | None) 
     return [r for r in RULES if r.name in wanted], [r for r in RULES if r.name not in wanted]
 
 
-def _load(model_or_path: onnx.ModelProto | str | os.PathLike) -> tuple[onnx.ModelProto, Any, bool]:
-    """(a model we may mutate, the reference to verify against, whether the file used external data)."""
+def _load(model_or_path: onnx.ModelProto | str | os.PathLike) -> tuple[onnx.ModelProto, Any, DataFolder | None, bool]:
+    """(a model we may mutate, the reference to verify against, where its still-external initializers live,
+    whether the file used external data). A file's initializers stay in their data files until read."""
     if isinstance(model_or_path, onnx.ModelProto):
         work = onnx.ModelProto()
         work.CopyFrom(model_or_path)
-        return work, model_or_path, False
-    from bnfold.io import load_model_and_layout
+        return work, model_or_path, None, False
+    from bnfold.io import load_model_and_layout, model_folder
 
-    model, external = load_model_and_layout(model_or_path)
-    return model, os.fspath(model_or_path), external
+    model, external = load_model_and_layout(model_or_path, lazy=True)
+    data = DataFolder(model_folder(model_or_path)) if external else None
+    return model, os.fspath(model_or_path), data, external
 
 
-def _fold(model: onnx.ModelProto, enabled, disabled, exclude, metadata: bool) -> FoldOutcome:
+def _fold(model: onnx.ModelProto, enabled, disabled, exclude, metadata: bool, data: DataFolder | None) -> FoldOutcome:
     cleaned_first = clean_graph(model.graph)  # a dead reader must not block a fold it would later vanish from
-    outcome = fold_model(model, enabled, disabled=disabled, exclude=exclude)
+    outcome = fold_model(model, enabled, disabled=disabled, exclude=exclude, data=data)
     outcome.cleaned = clean_graph(model.graph) or cleaned_first
     if metadata and (outcome.applied or outcome.cleaned):
         strip_provenance(model)  # before any serialisation: this run's entries replace earlier ones
@@ -131,10 +143,10 @@ def optimize(model_or_path: onnx.ModelProto | str | os.PathLike, *, rules: Seque
     result is returned marked "not_verified" (or VerificationFailed with ``strict``).
     """
     enabled, disabled = select_rules(rules, skip_rules)
-    model, reference, external = _load(model_or_path)
+    model, reference, data, external = _load(model_or_path)
     before = model_stats(model)
     started = time.perf_counter()
-    outcome = _fold(model, enabled, disabled, frozenset(), metadata)
+    outcome = _fold(model, enabled, disabled, frozenset(), metadata, data)
     fold_seconds = time.perf_counter() - started
     check = dict(inputs=inputs, input_shapes=input_shapes, samples=samples, seed=seed, value_range=value_range,
                  atol=atol, rtol=rtol, provider=provider)
@@ -145,7 +157,7 @@ def optimize(model_or_path: onnx.ModelProto | str | os.PathLike, *, rules: Seque
         summary = VerificationSummary("unchanged", "nothing was folded")
     elif verify:
         model, outcome, verification, serialized, summary = _verify_and_revert(
-            model, outcome, refold, reference, check, revert, reverted)
+            model, outcome, refold, reference, check, revert, reverted, data)
     report = FoldReport(rules=tuple(r.name for r in enabled), applied=tuple(outcome.applied),
                         refused=tuple(outcome.refused), reverted=tuple(reverted), tensor_map=outcome.tensor_map,
                         before=before, after=model_stats(model), passes=outcome.passes,
@@ -153,7 +165,8 @@ def optimize(model_or_path: onnx.ModelProto | str | os.PathLike, *, rules: Seque
     if metadata and report.changed:
         serialized = add_provenance(model, serialized, report)
     result = OptimizeResult(model=model, report=report, verification=verification, serialized=serialized,
-                            source_external_data=external)
+                            source_external_data=external,
+                            external_folder=data.folder if data is not None and has_external_data(model) else None)
     _raise_on_failure(result, strict=strict, force=force)
     return result
 
@@ -167,35 +180,42 @@ def _raise_on_failure(result: OptimizeResult, *, strict: bool, force: bool) -> N
 
 
 def _refold(source, enabled, disabled, metadata, exclude: frozenset[str]) -> tuple[onnx.ModelProto, FoldOutcome]:
-    model = _load(source)[0]  # a fresh original: from disk, or a copy of the caller's proto
-    return model, _fold(model, enabled, disabled, exclude, metadata)
+    model, _, data, _ = _load(source)  # a fresh original: from disk (lazily), or a copy of the caller's proto
+    return model, _fold(model, enabled, disabled, exclude, metadata, data)
 
 
-def _candidate(model: onnx.ModelProto, stack: contextlib.ExitStack) -> tuple[bytes | None, Any]:
-    """(bytes to keep for writing, what to hand onnxruntime): bytes, or an external-data file past 2 GB."""
+def _candidate(model: onnx.ModelProto, scratch: Callable[[], str],
+               data: DataFolder | None) -> tuple[bytes | None, Any]:
+    """(bytes to keep for writing, what to hand onnxruntime): bytes, or an external-data file past 2 GB.
+
+    A lazy model that still refers to its source's data files goes to a temporary external-data file too,
+    whatever its size: its bytes would need the source folder to run, and onnxruntime reading the new
+    payloads from disk beats holding them serialised beside the proto (and parsed again by verify).
+    """
     from bnfold import io
 
-    if io.model_bytes_size(model) <= io.SINGLE_FILE_LIMIT:
-        data = model.SerializeToString()
-        return data, data
-    folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="bnfold-verify-"))
-    path = os.path.join(folder, "candidate.onnx")
-    io.save_model(model, path, external_data=True)
+    lazy = data is not None and has_external_data(model)
+    if not lazy and io.model_bytes_size(model) <= io.SINGLE_FILE_LIMIT:
+        serialized = model.SerializeToString()
+        return serialized, serialized
+    path = os.path.join(scratch(), "candidate.onnx")  # each re-verification replaces the previous candidate
+    io.save_model(model, path, external_data=True, source_folder=data.folder if lazy else None)
     return None, path
 
 
-def _verify_and_revert(model, outcome, refold, reference, check, revert, reverted):
+def _verify_and_revert(model, outcome, refold, reference, check, revert, reverted, data):
     """Verify; while a fold's own tensor diverges, re-fold without it (most upstream first)."""
     with contextlib.ExitStack() as stack:
-        return _verify_loop(model, outcome, refold, reference, check, revert, reverted, stack)
+        scratch = functools.cache(lambda: stack.enter_context(tempfile.TemporaryDirectory(prefix="bnfold-verify-")))
+        return _verify_loop(model, outcome, refold, reference, check, revert, reverted, scratch, data)
 
 
-def _verify_loop(model, outcome, refold, reference, check, revert, reverted, stack):
+def _verify_loop(model, outcome, refold, reference, check, revert, reverted, scratch, data):
     from bnfold.verification import verify as run_verify
 
     exclude: set[str] = set()
     for _ in range(MAX_REVERTS + 1):
-        serialized, candidate = _candidate(model, stack)
+        serialized, candidate = _candidate(model, scratch, data)
         try:
             report = run_verify(reference, candidate, check_tensors=_checkable(model, outcome.applied), **check)
         except ShapeGuessError as exc:  # our guessed shapes; a user's bad --input-shape still raises

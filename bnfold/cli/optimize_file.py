@@ -128,15 +128,16 @@ def _run(source: Path, output: Path | None, settings: OptimizeSettings, outcome:
 def _write(source: Path, target: Path, result, outcome: FileOutcome) -> None:
     from bnfold import io
 
-    external = result.source_external_data
+    # An external-data input was loaded lazily: the weights the fold left alone are copied from its data files
+    external, folder = result.source_external_data, result.external_folder
     if not result.report.changed:
         if target != source and not external:
             io.atomic_write(target, lambda handle: _copy_into(source, handle))
         elif target != source:
-            io.save_model(result.model, target, external_data=True)
+            io.save_model(result.model, target, external_data=True, source_folder=folder)
     else:
         io.save_model(result.model, target, external_data=True if external else None,
-                      serialized=None if external else result.serialized)
+                      serialized=None if external else result.serialized, source_folder=folder)
     outcome.target = str(target)  # only once written: a failed write reports "(nothing written)"
     outcome.size_after = os.path.getsize(target)
 
