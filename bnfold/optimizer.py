@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import onnx
 
@@ -25,6 +25,7 @@ from bnfold.external_data import has_external_data
 from bnfold.folding import AppliedFold, FoldOutcome, RefusedSite, fold_model
 from bnfold.lazy_data import DataFolder
 from bnfold.provenance import add_provenance, strip_provenance
+from bnfold.ranks import skeleton
 from bnfold.report import SCHEMA_VERSION, ReportMixin
 from bnfold.rules import RULE_NAMES, RULES, Rule
 from bnfold.stats import ModelStats, model_stats
@@ -92,6 +93,13 @@ class OptimizeResult:
     external_folder: Path | None = None  # where ``model``'s remaining external tensors live; None: none remain
 
 
+class Reference(NamedTuple):
+    """What verification compares against: the original (path or proto) and its graph structure."""
+
+    source: Any
+    structure: onnx.ModelProto
+
+
 def select_rules(rules: Sequence[str] | None, skip_rules: Sequence[str] | None) -> tuple[list[Rule], list[Rule]]:
     """(enabled, disabled) rules in registry order; unknown names raise UsageError."""
     if rules is not None and skip_rules is not None:
@@ -145,6 +153,8 @@ def optimize(model_or_path: onnx.ModelProto | str | os.PathLike, *, rules: Seque
     enabled, disabled = select_rules(rules, skip_rules)
     model, reference, data, external = _load(model_or_path)
     before = model_stats(model)
+    if verify:  # with the original's structure (no weights), so verification needn't parse the file again
+        reference = Reference(reference, skeleton(model))
     started = time.perf_counter()
     outcome = _fold(model, enabled, disabled, frozenset(), metadata, data)
     fold_seconds = time.perf_counter() - started
@@ -217,7 +227,8 @@ def _verify_loop(model, outcome, refold, reference, check, revert, reverted, scr
     for _ in range(MAX_REVERTS + 1):
         serialized, candidate = _candidate(model, scratch, data)
         try:
-            report = run_verify(reference, candidate, check_tensors=_checkable(model, outcome.applied), **check)
+            report = run_verify(reference.source, candidate, check_tensors=_checkable(model, outcome.applied),
+                                structures=(reference.structure, model), **check)
         except ShapeGuessError as exc:  # our guessed shapes; a user's bad --input-shape still raises
             return model, outcome, None, serialized, VerificationSummary("not_verified", str(exc))
         if report.passed:

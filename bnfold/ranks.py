@@ -36,7 +36,7 @@ def _strip(graph: onnx.GraphProto) -> None:
             _strip(sub)
 
 
-def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of *model* without large initializer data: cheap to build, enough for shape inference."""
     skeleton = onnx.ModelProto(ir_version=model.ir_version)
     skeleton.opset_import.extend(model.opset_import)
@@ -66,7 +66,7 @@ class RankOracle:
         if name not in self._ranks and not self._inferred:
             self._inferred = True
             try:
-                inferred = onnx.shape_inference.infer_shapes(_skeleton(self._model), strict_mode=False)
+                inferred = onnx.shape_inference.infer_shapes(skeleton(self._model), strict_mode=False)
                 _declared(inferred.graph, self._ranks)
             except Exception:  # noqa: BLE001 - inference is best effort; unknown rank means refuse
                 pass

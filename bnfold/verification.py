@@ -131,8 +131,12 @@ def verify(
     value_range: tuple[float, float] | None = None,
     provider: str = "cpu",
     check_tensors: Sequence[str] = (),
+    structures: tuple[onnx.ModelProto | None, onnx.ModelProto | None] = (None, None),
 ) -> VerifyReport:
     """Run *reference* and *candidate* on the same feeds and compare them (see the module docstring).
+
+    *structures*: the two models' graphs where the caller holds them already (weights not needed), so a
+    big model's bytes are not parsed again just to read names and shapes.
 
     Raises UsageError when the two models cannot be compared (different inputs, unknown
     check_tensors), ShapeGuessError (an InputSpecError) when the reference cannot run on the chosen inputs, and
@@ -142,7 +146,8 @@ def verify(
     for value, what in ((atol, "atol"), (rtol, "rtol")):
         if value is not None and not value >= 0:
             raise UsageError(f"{what} must be >= 0, got {value}")
-    ref_model, cand_model = load_graph(reference), load_graph(candidate)
+    ref_model, cand_model = (known if known is not None else load_graph(source)
+                             for known, source in zip(structures, (reference, candidate), strict=True))
     check_same_inputs(ref_model.graph, cand_model.graph)
     feeds, specs = make_feeds(ref_model, inputs=inputs, input_shapes=input_shapes, samples=samples, seed=seed,
                               value_range=value_range)
