@@ -12,12 +12,12 @@ $(BIN)/python:
 venv: $(BIN)/python
 
 demo: venv
-	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install -qq -e .
 	$(BIN)/python -m models build $(DEMO_DIR) --only resnet18
 	$(BIN)/bnfold optimize $(DEMO_DIR)/resnet18.onnx -o $(DEMO_DIR)/resnet18.folded.onnx
 
 test: venv
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install -qq -e '.[dev]'
 	$(BIN)/ruff check bnfold models tests benchmarks
 	$(BIN)/python -m pytest -q
 
