@@ -108,6 +108,49 @@ def _release_signals(previous: set | None) -> None:
 
 
 @contextmanager
+def signals_held() -> Iterator[None]:
+    """SIGINT/SIGTERM wait until the block is done (delivered right after): for steps that must not be split."""
+    held = _hold_signals()
+    try:
+        yield
+    finally:
+        _release_signals(held)
+
+
+def commit_pair(data: _Stage | None, model: _Stage) -> None:
+    """Rename a new data file and the model that reads it into place as one step.
+
+    Signals are held across both renames. Should the model's rename still fail after the data file's, the
+    old data file (kept as a hard link until then) is put back, so the old model never reads new data.
+    """
+    with signals_held():
+        backup = _link_backup(data.destination) if data is not None else None
+        try:
+            if data is not None:
+                data.commit()
+            model.commit()
+        except BaseException:
+            if backup is not None:
+                os.replace(backup, data.destination)
+                backup = None
+            raise
+        finally:
+            if backup is not None:
+                os.unlink(backup)
+
+
+def _link_backup(path: Path) -> Path | None:
+    if not path.exists():
+        return None
+    backup = path.with_name(f".{path.name}.{os.getpid()}.bak")
+    try:
+        os.link(path, backup)
+    except OSError:
+        return None  # no hard links here: fall back to the plain two renames
+    return backup
+
+
+@contextmanager
 def staged(destination: Path) -> Iterator[_Stage]:
     """A temporary file beside ``destination``, removed on exit unless committed; OSError -> OutputWriteError."""
     # Signals are held while the temporary is created and its cleanup armed, so an interrupt can't land

@@ -24,6 +24,7 @@ from bnfold.atomic import (
     SignalGuard,
     SignalTerminated,
     atomic_write,
+    commit_pair,
     require_folder,
     staged,
     sync_folder,
@@ -272,14 +273,12 @@ def _check_lazy_save(model: onnx.ModelProto, path: Path, external_data: bool | N
 def _save_with_external_data(model: onnx.ModelProto, path: Path, source: DataFolder | None) -> None:
     data_path = path.with_name(path.name + ".data")
     # Both files are fully written before either is renamed, so a failure while writing leaves the old pair
-    # as it was; only a crash between the two renames (microseconds) could pair new data with an old model.
+    # as it was; the two renames happen as one step (commit_pair), so an interrupt can't split them.
     # Payloads still in the source's data files are read while the new data file is written under a
     # temporary name, so replacing those very files (in place) is safe.
     with SignalGuard(), staged(data_path) as data_stage, staged(path) as model_stage:
         shell, moved = externalize(model, data_stage.handle, data_path.name, EXTERNAL_THRESHOLD, source)
         model_stage.handle.write(_serialize(shell, path))
-        if moved:
-            data_stage.commit()
-        model_stage.commit()
+        commit_pair(data_stage if moved else None, model_stage)
     sync_folder(path.parent)
 

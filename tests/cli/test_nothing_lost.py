@@ -163,10 +163,9 @@ def test_keyboard_interrupt_while_writing_the_report_keeps_the_old_report(small,
     assert report.read_text() == "{}\n" and stray_temporaries(tmp_path) == []
 
 
-@pytest.mark.xfail(strict=True, reason="bnfold.io._save_with_external_data: a signal between the data file's rename "
-                                       "and the model's leaves the old model reading the new data (reported)")
 def test_interrupt_between_the_two_renames_of_an_in_place_external_save(tmp_path, monkeypatch):
-    """--in-place on a model whose data file is <model>.data replaces that file first, then the model."""
+    """--in-place on a model whose data file is <model>.data replaces that file first, then the model; if the
+    model's rename fails, the old data file is put back (signals are held across the pair besides)."""
     source = tmp_path / "m.onnx"
     onnx.save_model(models.build("resnet18"), source, save_as_external_data=True, location="m.onnx.data",
                     size_threshold=0)
@@ -181,5 +180,5 @@ def test_interrupt_between_the_two_renames_of_an_in_place_external_save(tmp_path
 
     monkeypatch.setattr(os, "replace", second_rename_interrupted)
     result = CliRunner().invoke(cli, ["optimize", str(source), "--in-place", "--no-verify", "-q"])
-    assert result.exit_code == 130 and len(calls) == 2, result.output
+    assert result.exit_code == 130 and len(calls) >= 2, result.output
     assert {p.name: digest(p) for p in tmp_path.iterdir()} == before
