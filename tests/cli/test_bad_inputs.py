@@ -187,24 +187,16 @@ CLICK_PATH_CHECKS = {"missing", "directory"}  # a command may let click refuse t
 # `verify` reads models through bnfold.runtime, not bnfold.io.load_model: onnxruntime's own checks refuse most
 # cases (with its own words), so for verify only the exit code, the single line and "nothing written" are held.
 WORDED = {"optimize", "inspect", "bench", "bench-compare"}
-KNOWN_BUGS: dict[tuple[str, str], str] = {}  # (command variant, case) -> why it still fails
 
 
-def require_implemented(name: str) -> None:
-    command = cli.commands[name]
-    if "not implemented yet" in (command.help or "").lower():
-        pytest.skip(f"`bnfold {name}` is still the placeholder; its hostile-input checks run once it exists")
+# for optimize a directory means folder mode: see test_optimize_on_an_empty_folder
+PAIRS = [(command, case) for command in sorted(COMMANDS) for case in sorted(CASES)
+         if (command, case) != ("optimize", "directory")]
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-@pytest.mark.parametrize("command", sorted(COMMANDS))
-def test_hostile_model_is_refused_cleanly(command: str, case: str, tmp_path: Path, request):
-    if command == "optimize" and case == "directory":
-        pytest.skip("for optimize a directory means folder mode: see test_optimize_on_an_empty_folder")
+@pytest.mark.parametrize(("command", "case"), PAIRS)
+def test_hostile_model_is_refused_cleanly(command: str, case: str, tmp_path: Path):
     name, argv = COMMANDS[command]
-    require_implemented(name)
-    if (command, case) in KNOWN_BUGS:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[command, case]))
     folder = tmp_path / "case"
     folder.mkdir()
     good = tmp_path / "good.onnx"
