@@ -87,11 +87,12 @@ def inspect(model_or_path: onnx.ModelProto | str | os.PathLike, *, rules: Sequen
 
     if isinstance(model_or_path, onnx.ModelProto):
         original, label = model_or_path, None
-    else:
+    else:  # the structure only: optimize reads the weights itself (lazily where they are external data)
         from bnfold.io import load_model
 
-        original, label = load_model(model_or_path), os.fspath(model_or_path)
-    report = optimize(original, rules=rules, skip_rules=skip_rules, verify=False, metadata=False).report
+        original, label = load_model(model_or_path, load_external_data=False), os.fspath(model_or_path)
+        model_or_path = label
+    report = optimize(model_or_path, rules=rules, skip_rules=skip_rules, verify=False, metadata=False).report
     applied = {fold.key: fold for fold in report.applied}
     refused = {site.key: site for site in report.refused}
     batchnorms: list[BatchNormSite] = []
@@ -133,11 +134,11 @@ def _producer_op(g: GraphIndex, name: str) -> str | None:
 def _channels(g: GraphIndex, node: onnx.NodeProto) -> int | None:
     if len(node.input) < 2 or not node.input[1]:
         return None
+    initializer = g.initializers.get(node.input[1])  # its declared shape: no need to read (external) data
+    if initializer is not None:
+        return int(initializer.dims[0]) if initializer.dims else None
     scale = g.constant(node.input[1])
-    if scale.ok:
-        return int(scale.value.shape[0]) if scale.value.ndim else None
-    initializer = g.initializers.get(node.input[1])  # an overridable initializer still has a declared shape
-    return int(initializer.dims[0]) if initializer is not None and initializer.dims else None
+    return int(scale.value.shape[0]) if scale.ok and scale.value.ndim else None
 
 
 def _verdict(applied: AppliedFold | None, refused: RefusedSite | None) -> dict:

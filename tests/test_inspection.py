@@ -190,3 +190,14 @@ def test_json_has_the_documented_keys_and_null_reason_when_foldable():
 def test_unreadable_path_raises_the_load_error(tmp_path):
     with pytest.raises(ModelLoadError, match="does not exist"):
         inspect(tmp_path / "missing.onnx")
+
+
+def test_inspect_an_external_data_model_reads_channels_from_declared_shapes(tmp_path):
+    """A path is inspected from its structure: external weights are read only by the fold itself."""
+
+    path = tmp_path / "m.onnx"
+    onnx.save_model(models.build("resnet18"), path, save_as_external_data=True, location="m.onnx.data",
+                    size_threshold=0)
+    report = inspect(path)
+    assert report.totals.batchnorms == 20 and report.totals.foldable == 20
+    assert all(site.channels and site.channels > 0 for site in report.batchnorms)
