@@ -194,7 +194,6 @@ def test_unreadable_path_raises_the_load_error(tmp_path):
 
 def test_inspect_an_external_data_model_reads_channels_from_declared_shapes(tmp_path):
     """A path is inspected from its structure: external weights are read only by the fold itself."""
-
     path = tmp_path / "m.onnx"
     onnx.save_model(models.build("resnet18"), path, save_as_external_data=True, location="m.onnx.data",
                     size_threshold=0)
