@@ -31,8 +31,8 @@ def inject_channel_fault(model: onnx.ModelProto, folded: set[str], factor: float
             if slot < len(node.input) and node.input[slot]:
                 value = index.constant(node.input[slot]).value.copy()
                 value[0] *= factor
-                index.set_constant_input(node, slot, value, "faulty")
-                index.refresh()
+                with index.editing(node):
+                    index.set_constant_input(node, slot, value, "faulty")
         return node.name or node.output[0]
     raise SystemExit("no folded Conv to inject a fault into")
 

@@ -112,6 +112,7 @@ def _fold_graph(g: GraphIndex, rules, disabled, exclude, outcome: FoldOutcome) -
                 changed = True
             elif result is not None:
                 refused.append(result)
+        g.flush()
         if not changed:
             outcome.refused.extend(refused)
             return
@@ -165,8 +166,8 @@ def _apply(g: GraphIndex, rule: Rule, plan: Plan, key: str, outcome: FoldOutcome
     record = AppliedFold(rule=rule.name, graph=g.label, node=anchor.name or anchor.output[0],
                          op_type=anchor.op_type, target=target.name or target.output[0],
                          target_op=target.op_type, output=plan.surviving_output, key=key)
-    rule.rewrite(g, plan)
-    g.refresh()
+    with g.editing(anchor, target):
+        rule.rewrite(g, plan)
     outcome.applied.append(record)
     for removed, surviving in plan.removed_tensors.items():
         for earlier, value in outcome.tensor_map.items():

@@ -8,6 +8,7 @@ get their own index whose constant lookups fall through to the enclosing graph.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -43,6 +44,14 @@ def names_used_inside(graph: onnx.GraphProto) -> set[str]:
             used |= names_used_inside(sub)
     used.update(o.name for o in graph.output)
     return used
+
+
+def _reads(node: onnx.NodeProto) -> set[str]:
+    """Names *node* reads: its inputs and the outer-scope names its subgraphs use."""
+    reads = {n for n in node.input if n}
+    for _, sub in subgraphs(node):
+        reads |= names_used_inside(sub)
+    return reads
 
 
 def all_names(graph: onnx.GraphProto) -> set[str]:
@@ -125,7 +134,8 @@ class GraphIndex:
         self.refresh()
 
     def refresh(self) -> None:
-        """Rebuild the maps after an edit (cheap: one pass over the node list)."""
+        """Rebuild the maps from scratch (one pass over the node list); edits use :meth:`editing`."""
+        self._doomed: dict[int, onnx.NodeProto] = {}
         g = self.graph
         self.initializers = {t.name: t for t in g.initializer}
         self.inputs = {i.name for i in g.input}
@@ -133,15 +143,49 @@ class GraphIndex:
         self.producer: dict[str, onnx.NodeProto] = {}
         self.consumers: dict[str, list[onnx.NodeProto]] = {}
         for node in g.node:
-            for out in node.output:
-                if out:
-                    self.producer[out] = node
-            reads = {n for n in node.input if n}
-            for _, sub in subgraphs(node):
-                reads |= names_used_inside(sub)
-            for name in reads:
-                self.consumers.setdefault(name, []).append(node)
+            self._index(node)
         self._cache: dict[str, ConstLookup] = {}
+
+    def _index(self, node: onnx.NodeProto) -> None:
+        for out in node.output:
+            if out:
+                self.producer[out] = node
+        for name in _reads(node):
+            self.consumers.setdefault(name, []).append(node)
+
+    def _unindex(self, node: onnx.NodeProto, outputs: list[str], reads: set[str]) -> None:
+        for out in outputs:
+            if self.producer.get(out) is node:
+                del self.producer[out]
+        for name in reads:
+            kept = [n for n in self.consumers.get(name, ()) if n is not node]
+            if kept:
+                self.consumers[name] = kept
+            else:
+                self.consumers.pop(name, None)
+
+    @contextmanager
+    def editing(self, *nodes: onnx.NodeProto) -> Iterator[None]:
+        """Edit *nodes* (a rewrite); afterwards only their entries are re-indexed, so a fold costs
+        time in proportion to what it touched, not to the graph: optimize stays linear in model size."""
+        before = [(node, [o for o in node.output if o], _reads(node)) for node in nodes]
+        yield
+        for node, outputs, reads in before:
+            self._unindex(node, outputs, reads)
+            for name in (*outputs, *reads):
+                self._cache.pop(name, None)
+        for node, _, _ in before:
+            if id(node) not in self._doomed:
+                self._index(node)
+
+    def flush(self) -> None:
+        """Delete the nodes :meth:`remove_node` marked, in one sweep over the node list."""
+        if not self._doomed:
+            return
+        doomed = [i for i, node in enumerate(self.graph.node) if id(node) in self._doomed]
+        for i in reversed(doomed):
+            del self.graph.node[i]
+        self._doomed = {}
 
     # ---- questions -------------------------------------------------------------------------
     def readers(self, name: str) -> list[onnx.NodeProto]:
@@ -224,23 +268,21 @@ class GraphIndex:
                 producer.attribute.append(onnx.helper.make_attribute("value", numpy_helper.from_array(value)))
                 return
             self.precise.pop(name, None)
-        new_name = self.names.fresh(f"{node.name or node.output[0]}_{role}")
+        new_name = self.add_initializer(value, f"{node.name or node.output[0]}_{role}")
         if precise is not None:
             self.precise[new_name] = precise
-        assign_array(self.graph.initializer.add(), value, new_name)
         while len(node.input) <= slot:
             node.input.append("")
         node.input[slot] = new_name
 
-    def remove_node(self, node: onnx.NodeProto) -> None:
-        for i, candidate in enumerate(self.graph.node):
-            if candidate is node:
-                del self.graph.node[i]
-                return
-        raise ValueError(f"node {node.name!r} is not in graph {self.label}")
+    def add_initializer(self, value: np.ndarray, base: str) -> str:
+        """A new initializer holding *value*, under a collision-free name derived from *base*."""
+        name = self.names.fresh(base)
+        tensor = self.graph.initializer.add()
+        assign_array(tensor, value, name)
+        self.initializers[name] = tensor
+        return name
 
-    def position(self, node: onnx.NodeProto) -> int:
-        for i, candidate in enumerate(self.graph.node):
-            if candidate is node:
-                return i
-        raise ValueError(f"node {node.name!r} is not in graph {self.label}")
+    def remove_node(self, node: onnx.NodeProto) -> None:
+        """Mark *node* for deletion (inside :meth:`editing`); :meth:`flush` deletes the marked nodes."""
+        self._doomed[id(node)] = node

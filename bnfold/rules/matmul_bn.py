@@ -76,13 +76,9 @@ class MatMulBnRule:
         matmul, bn = plan.target, plan.anchor
         slot = next(s for s in plan.constants if s >= 0)
         g.set_constant_input(matmul, slot, *plan.constants[slot], keep_precise(g, plan, bn.output[0]).get(slot))
-        bias_value, _ = plan.constants[-1]
-        bias_name = g.names.fresh(f"{bn.name or bn.output[0]}_bias")
-        g.graph.initializer.append(onnx.numpy_helper.from_array(bias_value, bias_name))
-        add = onnx.helper.make_node("Add", [bn.input[0], bias_name], [bn.output[0]], name=bn.name)
-        position = g.position(bn)
-        g.remove_node(bn)
-        g.graph.node.insert(position, add)
+        bias_name = g.add_initializer(plan.constants[-1][0], f"{bn.name or bn.output[0]}_bias")
+        # the BN node becomes the Add in place: same position, name and output
+        bn.CopyFrom(onnx.helper.make_node("Add", [bn.input[0], bias_name], [bn.output[0]], name=bn.name))
 
 
 RULE = MatMulBnRule()
