@@ -56,6 +56,7 @@ class FoldOutcome:
     applied: list[AppliedFold] = field(default_factory=list)
     refused: list[RefusedSite] = field(default_factory=list)
     tensor_map: dict[str, str | None] = field(default_factory=dict)
+    _mapped_to: dict[str, list[str]] = field(default_factory=dict, repr=False)  # survivor -> removed names
     passes: int = 0
     cleaned: bool = False  # cleanup removed dead constants/initializers/value_info
 
@@ -170,7 +171,8 @@ def _apply(g: GraphIndex, rule: Rule, plan: Plan, key: str, outcome: FoldOutcome
         rule.rewrite(g, plan)
     outcome.applied.append(record)
     for removed, surviving in plan.removed_tensors.items():
-        for earlier, value in outcome.tensor_map.items():
-            if value == removed:
-                outcome.tensor_map[earlier] = surviving
-        outcome.tensor_map[removed] = surviving
+        chained = outcome._mapped_to.pop(removed, [])  # names that mapped to the tensor now removed
+        for name in (*chained, removed):
+            outcome.tensor_map[name] = surviving
+        if surviving is not None:
+            outcome._mapped_to.setdefault(surviving, []).extend((*chained, removed))
