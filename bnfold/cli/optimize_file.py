@@ -6,7 +6,6 @@ here is picklable: plain settings in, a plain outcome out).
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
 import time
@@ -117,7 +116,6 @@ def _run(source: Path, output: Path | None, settings: OptimizeSettings, outcome:
             outcome.exit_code = int(ExitCode.FAILED)
             outcome.message = f"{len(foldable)} foldable BatchNormalization remain (e.g. {foldable[0].node})"
         return
-    _release_freed_memory()
     if target != source and result.source_external_data:
         _refuse_clobbering_input_data(source, target)
     _write(source, target, result, outcome)
@@ -140,15 +138,6 @@ def _write(source: Path, target: Path, result, outcome: FileOutcome) -> None:
                       serialized=None if external else result.serialized, source_folder=folder)
     outcome.target = str(target)  # only once written: a failed write reports "(nothing written)"
     outcome.size_after = os.path.getsize(target)
-
-
-def _release_freed_memory() -> None:
-    """Hand freed fold temporaries back to the OS before the output is serialised (glibc keeps them
-    otherwise, adding tens of MB to the peak); a no-op where malloc_trim doesn't exist."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _copy_into(source: Path, handle) -> None:
