@@ -41,6 +41,7 @@ from bnfold.external_data import (
 )
 from bnfold.external_write import externalize
 from bnfold.lazy_data import DataFolder
+from bnfold.stream_write import write_model
 
 __all__ = [
     "MIN_OPSET", "MIN_IR_VERSION", "SINGLE_FILE_LIMIT", "EXTERNAL_THRESHOLD", "SignalGuard", "SignalTerminated",
@@ -243,8 +244,12 @@ def save_model(
     if external_data:
         _save_with_external_data(model, path, DataFolder(source_folder) if lazy else None)
         return
-    payload = serialized if serialized is not None else _serialize(model, path)
-    atomic_write(path, lambda handle: handle.write(payload))
+    if serialized is not None:
+        atomic_write(path, lambda handle: handle.write(serialized))
+    elif model_bytes_size(model) > SINGLE_FILE_LIMIT:  # protobuf could never read such a file back
+        raise OutputWriteError(f"cannot write {path} as a single file (over 2 GB); save it with external data")
+    else:  # piece by piece: no second, model-sized copy in memory (bnfold.stream_write)
+        atomic_write(path, lambda handle: write_model(model, handle))
 
 
 def _serialize(model: onnx.ModelProto, path: Path) -> bytes:
