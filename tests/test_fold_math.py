@@ -241,3 +241,24 @@ def test_float64_fold_rounded_once_beats_folding_in_float32():
     assert once_all.max() <= 0.5 + 1e-3
     assert once_all.mean() < f32_all.mean()
     assert (once_all <= f32_all + 1e-3).mean() > 0.99
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(c_out=st.integers(1, 9), rest=st.integers(1, 40), block=st.integers(1, 64),
+       dtype=st.sampled_from([np.float16, np.float32, np.float64]), seed=st.integers(0, 2**16))
+def test_blockwise_fold_is_bit_identical_to_the_whole_array_fold(c_out, rest, block, dtype, seed):
+    rng = np.random.default_rng(seed)
+    weight = rng.standard_normal((c_out, rest)).astype(dtype)
+    scale = rng.standard_normal(c_out) * 10.0 ** rng.integers(-3, 3, c_out)
+    scale[rng.random(c_out) < 0.2] = 0.0
+    expected = fold_math.fold_into_conv(weight, None, scale, scale)[0].astype(dtype)
+    rounded, nonzero = fold_math.scale_rows_rounded(weight, scale, np.dtype(dtype), block=block)
+    assert rounded is not None and rounded.dtype == dtype
+    assert np.array_equal(rounded, expected)
+    assert np.array_equal(nonzero, expected.any(axis=1))
+
+
+def test_blockwise_fold_reports_overflow():
+    weight = np.full((2, 3), 60000.0, dtype=np.float16)
+    rounded, _ = fold_math.scale_rows_rounded(weight, np.array([1.0, 2.0]), np.dtype(np.float16))
+    assert rounded is None

@@ -124,6 +124,8 @@ def plan_producer_fold(g: GraphIndex, producer: onnx.NodeProto, anchor: onnx.Nod
     if scale.shape != (channels,):
         return Refusal(Reason.SHAPE_MISMATCH, f"{scale.shape[0]} scale values for {channels} channels")
     attrs = attribute_values(producer)
+    if producer.op_type == "Conv" and weight.dtype in _BLOCKWISE and not _feeds_chain(g, anchor):
+        return _plan_conv_blockwise(producer, anchor, weight, w_in, b_in, scale, shift)
     if producer.op_type == "Conv":
         w64, b64 = fold_math.fold_into_conv(w_in, b_in, scale, shift)
         channel_axis = 0
@@ -135,6 +137,31 @@ def plan_producer_fold(g: GraphIndex, producer: onnx.NodeProto, anchor: onnx.Nod
         w64, b64 = fold_math.fold_into_gemm(w_in, b_in, scale, shift, trans_b=trans_b, beta=attrs.get("beta", 1.0))
         channel_axis = 0 if trans_b else 1
     return _plan_from_folded(producer, anchor, weight, w64, b64, scale, channel_axis)
+
+
+_BLOCKWISE = frozenset({np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)})
+
+
+def _feeds_chain(g: GraphIndex, anchor: onnx.NodeProto) -> bool:
+    return any(reader.op_type in CHAIN_OPS for reader in g.readers(anchor.output[0]))
+
+
+def _plan_conv_blockwise(producer, anchor, weight, w_in, b_in, scale, shift) -> Plan | Refusal:
+    """Conv -> affine with no further fold into these weights (so no float64 copy is kept for a chain):
+    fold and round the weight a block of output channels at a time (fold_math.scale_rows_rounded)."""
+    new_w, nonzero = fold_math.scale_rows_rounded(w_in, scale, weight.dtype)
+    if new_w is None:
+        return Refusal(Reason.FOLD_OVERFLOW, f"weight overflows {weight.dtype.name} (or is not finite)")
+    if not nonzero.all():
+        had = weight.reshape(weight.shape[0], -1).any(axis=1) & (scale != 0)
+        if np.any(had & ~nonzero):
+            return Refusal(Reason.FOLD_UNDERFLOW, f"weight underflows {weight.dtype.name}")
+    new_b = rounded(fold_math.conv_bias(b_in, scale, shift), weight.dtype, "bias")
+    if isinstance(new_b, Refusal):
+        return new_b
+    x_name, y_name = producer.output[0], anchor.output[0]
+    return Plan(anchor=anchor, target=producer, constants={1: (new_w, "weight"), 2: (new_b, "bias")},
+                surviving_output=y_name, removed_tensors={x_name: y_name})
 
 
 def _by_output_channel(w: np.ndarray, group: int) -> np.ndarray:
