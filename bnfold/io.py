@@ -55,6 +55,7 @@ MIN_OPSET = 7
 MIN_IR_VERSION = 3  # the first IR version with opset imports; onnxruntime reads nothing older
 # Protobuf cannot serialise a message of 2 GiB or more; keep headroom because the size is an estimate.
 SINGLE_FILE_LIMIT = 2**31 - 2**26
+PROTOBUF_LIMIT = 2**31  # no protobuf message at or over this size can be parsed
 EXTERNAL_THRESHOLD = 1024  # tensors with more payload bytes than this go to the data file
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 
@@ -246,7 +247,7 @@ def save_model(
         return
     if serialized is not None:
         atomic_write(path, lambda handle: handle.write(serialized))
-    elif model_bytes_size(model) > SINGLE_FILE_LIMIT:  # protobuf could never read such a file back
+    elif model_bytes_size(model) >= PROTOBUF_LIMIT:  # protobuf could never read such a file back
         raise OutputWriteError(f"cannot write {path} as a single file (over 2 GB); save it with external data")
     else:  # piece by piece: no second, model-sized copy in memory (bnfold.stream_write)
         atomic_write(path, lambda handle: write_model(model, handle))

@@ -64,7 +64,7 @@ def test_save_model_streams_when_no_bytes_are_given(tmp_path):
 
 
 def test_a_single_file_over_two_gigabytes_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(bio, "model_bytes_size", lambda model: bio.SINGLE_FILE_LIMIT + 1)
+    monkeypatch.setattr(bio, "model_bytes_size", lambda model: bio.PROTOBUF_LIMIT)
     with pytest.raises(OutputWriteError, match="over 2 GB"):
         bio.save_model(models.build("resnet18"), tmp_path / "m.onnx", external_data=False)
     assert list(tmp_path.iterdir()) == []

@@ -196,19 +196,19 @@ def test_unwritable_output_is_exit_4_and_writes_nothing(small, where):
 
 
 def _bias_fault(channels: int):
-    """fold_into_conv with a wrong bias for convs of ``channels`` outputs: a bug the verifier must catch."""
-    real = fold_math.fold_into_conv
+    """conv_bias (the folded Conv bias) wrong for convs of ``channels`` outputs: a bug the verifier must catch."""
+    real = fold_math.conv_bias
 
-    def faulty(weight, bias, scale, shift):
-        w, b = real(weight, bias, scale, shift)
-        return (w, b + 1.0) if np.shape(weight)[0] == channels else (w, b)
+    def faulty(bias, scale, shift):
+        b = real(bias, scale, shift)
+        return b + 1.0 if np.shape(scale)[0] == channels else b
 
     return faulty
 
 
 @pytest.mark.parametrize("extra", [[], ["--in-place"]])
 def test_failed_verification_without_revert_writes_nothing(small, monkeypatch, extra):
-    monkeypatch.setattr(fold_math, "fold_into_conv", _bias_fault(6))
+    monkeypatch.setattr(fold_math, "conv_bias", _bias_fault(6))
     before = snapshot(small.parent)
     result = invoke(small, "--no-revert", *extra)
     assert_one_clean_error(result, 1)
@@ -218,7 +218,7 @@ def test_failed_verification_without_revert_writes_nothing(small, monkeypatch, e
 
 
 def test_faulty_fold_is_reverted_and_the_rest_kept(small, tmp_path, monkeypatch):
-    monkeypatch.setattr(fold_math, "fold_into_conv", _bias_fault(4))  # the first fold, inside the graph
+    monkeypatch.setattr(fold_math, "conv_bias", _bias_fault(4))  # the first fold, inside the graph
     out, report = tmp_path / "out.onnx", tmp_path / "r.json"
     result = invoke(small, "-o", out, "--json", report)
     assert result.exit_code == 0, result.output
@@ -231,7 +231,7 @@ def test_faulty_fold_is_reverted_and_the_rest_kept(small, tmp_path, monkeypatch)
 
 
 def test_force_writes_despite_failed_verification(small, tmp_path, monkeypatch):
-    monkeypatch.setattr(fold_math, "fold_into_conv", _bias_fault(6))
+    monkeypatch.setattr(fold_math, "conv_bias", _bias_fault(6))
     out, report = tmp_path / "out.onnx", tmp_path / "r.json"
     result = invoke(small, "--no-revert", "--force", "-o", out, "--json", report)
     assert result.exit_code == 0, result.output
@@ -364,7 +364,7 @@ def test_faulty_fold_whose_output_is_a_graph_output_is_reverted(monkeypatch):
     reverter must look there too, or the bad fold fails the run instead of being reverted."""
     from bnfold.optimizer import optimize
 
-    monkeypatch.setattr(fold_math, "fold_into_conv", _bias_fault(6))
+    monkeypatch.setattr(fold_math, "conv_bias", _bias_fault(6))
     result = optimize(two_conv_model())
     assert [r.rule for r in result.report.reverted] == ["conv_bn"]
     assert result.report.verification.status == "passed"
