@@ -50,6 +50,12 @@ class VerificationSummary:
     message: str = ""
     details: dict[str, Any] | None = None
 
+    def worst_output(self) -> dict[str, Any] | None:
+        """The compared output furthest from the reference on the tolerance's own scale (max_scaled_error:
+        error over max(1, channel magnitude)); relative error alone misleads for outputs near zero."""
+        outputs = [o for o in (self.details or {}).get("outputs", []) if isinstance(o.get("max_scaled_error"), float)]
+        return max(outputs, key=lambda o: o["max_scaled_error"], default=None)
+
 
 @dataclass(frozen=True)
 class FoldReport(ReportMixin):

@@ -30,11 +30,11 @@ def provenance_entries(report) -> list[tuple[str, str]]:
     folds = ",".join(f"{rule}={n}" for rule, n in sorted(counts.items())) or "none"
     verification = report.verification
     summary = verification.status
-    details = verification.details or {}
-    worst = max((o.get("error_vs_magnitude", 0.0) for o in details.get("outputs", [])
-                 if isinstance(o.get("error_vs_magnitude"), float)), default=None)
+    worst = verification.worst_output()
     if worst is not None:
-        summary += f"; worst output error vs magnitude {worst:.3g}; samples {details.get('samples')}"
+        summary += (f"; worst output max abs error {worst['max_abs_error']:.3g} "
+                    f"({worst['max_scaled_error']:.3g} of max(1, channel magnitude)); "
+                    f"samples {(verification.details or {}).get('samples')}")
     return [(f"{PREFIX}version", __version__), (f"{PREFIX}folds", folds), (f"{PREFIX}verification", summary)]
 
 

@@ -42,7 +42,7 @@ def test_output_records_version_folds_and_verification_and_keeps_user_entries(so
     assert values["author"] == "the user"
     assert values["bnfold.version"] == __version__
     assert values["bnfold.folds"] == "conv_bn=1"
-    assert values["bnfold.verification"].startswith("passed; worst output error vs magnitude")
+    assert values["bnfold.verification"].startswith("passed; worst output max abs error")
 
 
 def test_no_metadata_adds_nothing(source, tmp_path):

@@ -63,12 +63,12 @@ def refused_lines(report) -> list[str]:
 def verification_line(report) -> str:
     summary = report.verification
     if summary.status == "passed":
-        outputs = (summary.details or {}).get("outputs", [])
-        worst = max((o["error_vs_magnitude"] for o in outputs if isinstance(o.get("error_vs_magnitude"), float)),
-                    default=0.0)
-        samples = (summary.details or {}).get("samples")
-        return (f"Verified: outputs and {len(report.applied)} folded tensors match (worst output error vs "
-                f"magnitude {worst:.2g}, {samples} samples, onnxruntime with graph optimizations disabled)")
+        worst, samples = summary.worst_output(), (summary.details or {}).get("samples")
+        figures = "" if worst is None else (
+            f"worst output {worst['name']!r}: max abs error {worst['max_abs_error']:.2g}, "
+            f"{worst['max_scaled_error']:.2g} of max(1, its channel's magnitude); ")
+        return (f"Verified: outputs and {len(report.applied)} folded tensors match ({figures}{samples} samples, "
+                f"onnxruntime with graph optimizations disabled)")
     if summary.status == "not_verified":
         return f"WARNING: NOT VERIFIED: {summary.message}"
     if summary.status == "failed":
