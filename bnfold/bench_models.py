@@ -2,12 +2,14 @@
 
 Both sides are handed to onnxruntime the same way (bytes, each model serialised once), so session
 creation times compare like with like: neither side pays for a file read the other side skips. Models
-with external data are the exception: they go to onnxruntime as paths so their data files are found.
+with external data are the exception: they go to onnxruntime as paths so their data files are found (a
+folded one is saved with its own data file in a temporary folder for as long as the benchmark runs).
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +36,7 @@ class Variants:
     baseline: Variant
     candidate: Variant
     feed_model: onnx.ModelProto | str
+    scratch: tempfile.TemporaryDirectory | None = None  # holds a folded external-data model while it's used
 
 
 def prepare_variants(model: ModelInput, compare: ModelInput | None) -> Variants:
@@ -46,9 +49,21 @@ def prepare_variants(model: ModelInput, compare: ModelInput | None) -> Variants:
         return Variants(baseline, candidate, base_proto)
     from bnfold.optimizer import optimize
 
-    folded = optimize(base_proto, verify=False).model
-    data = _serialise(folded)
+    result = optimize(base_proto, verify=False)
+    if result.external_folder is not None:  # still reads the original's data files: save it beside its own
+        return _folded_with_external_data(result, baseline, base_proto)
+    data = _serialise(result.model)
     return Variants(baseline, Variant("folded", data, len(data)), base_proto)
+
+
+def _folded_with_external_data(result, baseline: Variant, feed_model) -> Variants:
+    from bnfold.io import save_model
+
+    scratch = tempfile.TemporaryDirectory(prefix="bnfold-bench-")
+    path = Path(scratch.name) / "folded.onnx"
+    save_model(result.model, path, external_data=True, source_folder=result.external_folder)
+    size = sum(f.stat().st_size for f in Path(scratch.name).iterdir())
+    return Variants(baseline, Variant("folded", str(path), size), feed_model, scratch)
 
 
 def _load(model: ModelInput, label: str | None) -> tuple[onnx.ModelProto | str, Variant]:

@@ -201,3 +201,14 @@ def test_device_results_render_with_device_columns_and_tensorrt_note(model_pair,
     text = render_report(replace(report, results=results, comparisons=comparisons))
     assert "device p50 ms" in text and "speedup on the device alone: 1.500x (95% CI 1.400-1.600)" in text
     assert "TensorRT builds its engine" in text
+
+
+def test_an_external_data_model_is_folded_and_benchmarked_from_another_folder(tmp_path, monkeypatch):
+    """The in-memory fold of an external-data model still reads the original's data files: it is saved with
+    its own data file for the run, so onnxruntime finds every weight whatever the working directory."""
+    path = tmp_path / "ext.onnx"
+    onnx.save_model(conv_bn_relu(), path, save_as_external_data=True, location="ext.onnx.data", size_threshold=0)
+    monkeypatch.chdir(tmp_path.parent)
+    report = benchmark(str(path), opt_levels=("disable",), **FAST)
+    assert {r.model for r in report.results} == {"original", "folded"}
+    assert all(r.p50_ms > 0 for r in report.results)
