@@ -206,8 +206,12 @@ def test_device_results_render_with_device_columns_and_tensorrt_note(model_pair,
 def test_an_external_data_model_is_folded_and_benchmarked_from_another_folder(tmp_path, monkeypatch):
     """The in-memory fold of an external-data model still reads the original's data files: it is saved with
     its own data file for the run, so onnxruntime finds every weight whatever the working directory."""
+    b = GraphBuilder(seed=4)
+    y = b.node("Relu", [b.bn(b.conv(b.input("x", ["N", 3, 16, 16]), 8, pads=[1, 1, 1, 1]))])
+    b.channels[y] = 8
+    b.output(b.conv(y, 4), shape=["N", 4, 14, 14])  # this conv's weights are not folded: they stay external
     path = tmp_path / "ext.onnx"
-    onnx.save_model(conv_bn_relu(), path, save_as_external_data=True, location="ext.onnx.data", size_threshold=0)
+    onnx.save_model(b.build(), path, save_as_external_data=True, location="ext.onnx.data", size_threshold=0)
     monkeypatch.chdir(tmp_path.parent)
     report = benchmark(str(path), opt_levels=("disable",), **FAST)
     assert {r.model for r in report.results} == {"original", "folded"}
