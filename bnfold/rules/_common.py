@@ -77,12 +77,15 @@ def weights(g: GraphIndex, node: onnx.NodeProto, slots: tuple[int, ...]) -> list
 CHAIN_OPS = frozenset({"BatchNormalization", "Mul", "Add", "Sub", "Div"})
 
 
+def feeds_chain(g: GraphIndex, tensor: str) -> bool:
+    """Whether *tensor* is read by a node that may fold into the same weights next (BN, Mul, Add, ...)."""
+    return any(reader.op_type in CHAIN_OPS for reader in g.readers(tensor))
+
+
 def keep_precise(g: GraphIndex, plan: Plan, output: str) -> dict[int, np.ndarray]:
-    """The float64 values worth remembering: only where *output* feeds a node that may fold into the same
-    weights next (a chain), so a plain Conv -> BN -> Relu keeps no float64 copy of its weights alive."""
-    if any(reader.op_type in CHAIN_OPS for reader in g.readers(output)):
-        return plan.precise
-    return {}
+    """The float64 values worth remembering: only where *output* feeds a chain, so a plain
+    Conv -> BN -> Relu keeps no float64 copy of its weights alive."""
+    return plan.precise if feeds_chain(g, output) else {}
 
 
 def _input(node: onnx.NodeProto, slot: int) -> str:
@@ -124,7 +127,7 @@ def plan_producer_fold(g: GraphIndex, producer: onnx.NodeProto, anchor: onnx.Nod
     if scale.shape != (channels,):
         return Refusal(Reason.SHAPE_MISMATCH, f"{scale.shape[0]} scale values for {channels} channels")
     attrs = attribute_values(producer)
-    if producer.op_type == "Conv" and weight.dtype in _BLOCKWISE and not _feeds_chain(g, anchor):
+    if producer.op_type == "Conv" and weight.dtype in _BLOCKWISE and not feeds_chain(g, anchor.output[0]):
         return _plan_conv_blockwise(producer, anchor, weight, w_in, b_in, scale, shift)
     if producer.op_type == "Conv":
         w64, b64 = fold_math.fold_into_conv(w_in, b_in, scale, shift)
@@ -140,10 +143,6 @@ def plan_producer_fold(g: GraphIndex, producer: onnx.NodeProto, anchor: onnx.Nod
 
 
 _BLOCKWISE = frozenset({np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)})
-
-
-def _feeds_chain(g: GraphIndex, anchor: onnx.NodeProto) -> bool:
-    return any(reader.op_type in CHAIN_OPS for reader in g.readers(anchor.output[0]))
 
 
 def _plan_conv_blockwise(producer, anchor, weight, w_in, b_in, scale, shift) -> Plan | Refusal:
