@@ -52,7 +52,7 @@ def _bnfold_api() -> m.Runner:
 
     def run(src: Path, out: Path) -> None:
         result = bnfold.optimize(src, verify=False)
-        io.save_model(result.model, out, serialized=result.serialized)
+        io.save_model(result.model, out)
     return run
 
 

@@ -84,8 +84,8 @@ class FoldReport(ReportMixin):
 
 @dataclass(frozen=True)
 class OptimizeResult:
-    """The folded model and its report. ``serialized`` holds the verified bytes when verification ran
-    (None where ``model`` still refers to external data files: such bytes only run beside those files).
+    """The folded model and its report. ``to_bytes()`` serialises it, reusing the very bytes verification
+    ran when there are any (``verified_bytes``; None where ``model`` still refers to external data files).
 
     A model file with external data is loaded lazily: ``model`` then still refers to the weights the fold
     left unchanged, in their data files in ``external_folder`` (the input's folder). Save it with
@@ -95,9 +95,20 @@ class OptimizeResult:
     model: onnx.ModelProto
     report: FoldReport
     verification: Any | None = None  # bnfold.verification.VerifyReport
-    serialized: bytes | None = field(default=None, repr=False, compare=False)
+    verified_bytes: bytes | None = field(default=None, repr=False, compare=False)  # before provenance
     source_external_data: bool = False  # the input file kept tensors in external data files
     external_folder: Path | None = None  # where ``model``'s remaining external tensors live; None: none remain
+    provenance: bytes = field(default=b"", repr=False, compare=False)  # serialised metadata_props entries
+
+    def to_bytes(self) -> bytes:
+        """The model serialised: the verified bytes plus the provenance entries (a protobuf fragment), so a
+        verified model is not serialised twice. Refused for a model still reading external data files."""
+        if self.external_folder is not None:
+            raise UsageError("this model still reads tensors from external data files; save it with "
+                             "bnfold.io.save_model(result.model, path, source_folder=result.external_folder)")
+        if self.verified_bytes is not None:
+            return self.verified_bytes + self.provenance
+        return self.model.SerializeToString()
 
 
 class Reference(NamedTuple):
@@ -180,10 +191,9 @@ def optimize(model_or_path: onnx.ModelProto | str | os.PathLike, *, rules: Seque
                         refused=tuple(outcome.refused), reverted=tuple(reverted), tensor_map=outcome.tensor_map,
                         before=before, after=model_stats(model), passes=outcome.passes,
                         fold_seconds=round(fold_seconds, 6), verification=summary, cleaned=outcome.cleaned)
-    if metadata and report.changed:
-        serialized = add_provenance(model, serialized, report)
-    result = OptimizeResult(model=model, report=report, verification=verification, serialized=serialized,
-                            source_external_data=external,
+    provenance = add_provenance(model, report) if metadata and report.changed else b""
+    result = OptimizeResult(model=model, report=report, verification=verification, verified_bytes=serialized,
+                            provenance=provenance, source_external_data=external,
                             external_folder=data.folder if data is not None and has_external_data(model) else None)
     _raise_on_failure(result, strict=strict, force=force)
     return result

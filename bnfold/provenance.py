@@ -1,8 +1,9 @@
 """Provenance in the output's metadata_props: bnfold version, folds applied, verification summary.
 
-The entries are appended to already-verified bytes as a serialised ModelProto fragment (protobuf
+The entries can be appended to already-verified bytes as a serialised ModelProto fragment (protobuf
 merges repeated fields on concatenation), so adding them never costs a second serialisation of a
-big model. A model that bnfold leaves unchanged keeps its bytes, so re-runs stay byte-identical.
+big model (``OptimizeResult.to_bytes``). A model that bnfold leaves unchanged keeps its bytes, so
+re-runs stay byte-identical.
 """
 
 from __future__ import annotations
@@ -45,8 +46,9 @@ def provenance_fragment(report) -> onnx.ModelProto:
     return fragment
 
 
-def add_provenance(model: onnx.ModelProto, serialized: bytes | None, report) -> bytes | None:
-    """Add the entries to *model*, and to *serialized* (if given) without re-serialising the model."""
+def add_provenance(model: onnx.ModelProto, report) -> bytes:
+    """Add the entries to *model*; return them serialised as a fragment that, appended to bytes of the model
+    without them, gives bytes of the model with them (protobuf merges repeated fields)."""
     fragment = provenance_fragment(report)
     model.metadata_props.extend(fragment.metadata_props)
-    return None if serialized is None else serialized + fragment.SerializeToString()
+    return fragment.SerializeToString()

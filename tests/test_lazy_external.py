@@ -14,7 +14,7 @@ from onnx import TensorProto, numpy_helper
 
 from bnfold import fold_math, io
 from bnfold.cli.main import cli
-from bnfold.errors import ModelLoadError, OutputWriteError, UnsafeExternalDataError
+from bnfold.errors import ModelLoadError, OutputWriteError, UnsafeExternalDataError, UsageError
 from bnfold.lazy_data import DataFolder
 from bnfold.optimizer import optimize
 from tests.builders import GraphBuilder, feeds_for, op_count, run
@@ -192,7 +192,9 @@ def test_verification_of_a_lazy_model_passes(source: Path) -> None:
     result = optimize(source, samples=1)
     assert result.report.verification.status == "passed"
     assert result.verification is not None and result.verification.passed
-    assert result.serialized is None  # its bytes would point at the source folder: never handed out
+    assert result.verified_bytes is None  # its bytes would point at the source folder: never handed out
+    with pytest.raises(UsageError):
+        result.to_bytes()
 
 
 def test_faulty_fold_of_a_lazy_model_is_reverted(source: Path, monkeypatch: pytest.MonkeyPatch) -> None:

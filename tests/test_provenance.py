@@ -66,7 +66,7 @@ def test_api_second_pass_applies_nothing_and_serialized_bytes_carry_the_entries(
     first = optimize(conv_bn_model())
     assert [a.rule for a in first.report.applied] == ["conv_bn"]
     parsed = onnx.ModelProto()
-    parsed.ParseFromString(first.serialized)
+    parsed.ParseFromString(first.to_bytes())
     assert parsed == first.model  # provenance appended to the verified bytes equals the in-memory model
     assert [p.key for p in parsed.metadata_props] == list(KEYS)
     second = optimize(first.model)

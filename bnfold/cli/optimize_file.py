@@ -135,7 +135,7 @@ def _write(source: Path, target: Path, result, outcome: FileOutcome) -> None:
             io.save_model(result.model, target, external_data=True, source_folder=folder)
     else:
         io.save_model(result.model, target, external_data=True if external else None,
-                      serialized=None if external else result.serialized, source_folder=folder)
+                      source_folder=folder)  # streamed piece by piece: faster than writing one big bytes object
     outcome.target = str(target)  # only once written: a failed write reports "(nothing written)"
     outcome.size_after = os.path.getsize(target)
 
