@@ -259,6 +259,8 @@ class GraphIndex:
         if name and self.only_reader(name, node):
             if precise is not None:
                 self.precise[name] = precise
+            else:  # a float64 value from an earlier fold would now be stale
+                self.precise.pop(name, None)
             if name in self.initializers and name not in self.inputs:
                 assign_array(self.initializers[name], value, name)
                 return

@@ -288,3 +288,20 @@ def test_fold_whose_error_grows_only_downstream_is_reverted_not_raised() -> None
     result = optimize(b.build())
     assert result.report.verification.status == "passed"
     assert [f.rule for f in result.report.reverted] == ["conv_bn"]
+
+
+def test_a_later_fold_never_reads_a_stale_float64_value() -> None:
+    """Found by the fuzzer: BN -> BN -> Conv(VALID) -> BN. bn_conv folded the second BN into the Conv and kept
+    the bias's float64 value for the chain; conv_bn then rewrote that bias without one, and bn_conv folding the
+    first BN read the stale float64 bias: the output was off by 0.004."""
+    b = GraphBuilder(seed=0)
+    x = b.input("x", [1, 1, 5])
+    zero_gamma = [np.zeros(1, np.float32), np.ones(1, np.float32), np.ones(1, np.float32) * 0.5,
+                  np.ones(1, np.float32)]
+    h = b.bn(b.bn(x, 1, params=zero_gamma), 1, params=[p * 1.3 for p in zero_gamma])
+    y = b.conv(h, 1, k=1, dims=1, bias=False, auto_pad="VALID")
+    b.output(b.bn(y, 1, params=[zero_gamma[0], -np.ones(1, np.float32), zero_gamma[2], zero_gamma[3]]))
+    model = b.build()
+    folded = optimize(model, verify=False).model
+    assert op_count(folded, BN) == 0
+    assert_fp32_close(model, folded)
