@@ -263,7 +263,7 @@ def _verify_loop(model, outcome, refold, reference, check, revert, reverted, scr
         bad = _first_failing_fold(outcome.applied, report)
         if bad is None or not revert or len(exclude) >= MAX_REVERTS:
             return model, outcome, report, serialized, VerificationSummary(
-                "failed", _failure_message(report), report.to_dict())
+                "failed", report.summary(), report.to_dict())
         fold, tensor = bad
         reverted.append(RevertedFold(rule=fold.rule, graph=fold.graph, node=fold.node, output=fold.output,
                                      error_vs_magnitude=float(tensor.error_vs_magnitude),
@@ -299,12 +299,3 @@ def _first_failing_fold(applied: Sequence[AppliedFold], report) -> tuple[Applied
 def _closeness(tensor) -> float:
     """How close a passing tensor came to failing: its scaled error over its tolerance."""
     return tensor.max_scaled_error / tensor.atol if tensor.atol > 0 else math.inf
-
-
-def _failure_message(report) -> str:
-    bad = [t for t in report.outputs if not t.passed]
-    if not bad:
-        return "intermediate tensors differ"
-    worst = bad[0]
-    return (f"output {worst.name!r} differs: max abs error {worst.max_abs_error:.3g}, "
-            f"error vs magnitude {worst.error_vs_magnitude:.3g}")
