@@ -8,16 +8,14 @@ from __future__ import annotations
 import onnx
 
 from bnfold.constants import CONSTANT_OPS
-from bnfold.graph import names_used_inside, subgraphs
+from bnfold.graph import node_reads, subgraphs
 
 
 def _reads(graph: onnx.GraphProto) -> dict[str, int]:
+    """How many nodes (and graph outputs) read each name."""
     counts: dict[str, int] = {}
     for node in graph.node:
-        names = [n for n in node.input if n]
-        for _, sub in subgraphs(node):
-            names.extend(names_used_inside(sub))
-        for name in names:
+        for name in node_reads(node):
             counts[name] = counts.get(name, 0) + 1
     for out in graph.output:
         counts[out.name] = counts.get(out.name, 0) + 1
@@ -25,22 +23,17 @@ def _reads(graph: onnx.GraphProto) -> dict[str, int]:
 
 
 def _remove_dead_constant_nodes(graph: onnx.GraphProto, reads: dict[str, int]) -> bool:
-    keep: list[onnx.NodeProto] = []
-    for node in reversed(graph.node):  # consumers before producers: one pass frees whole chains
-        dead = node.op_type in CONSTANT_OPS and node.domain in ("", "ai.onnx") and not any(
-            reads.get(out, 0) for out in node.output if out)
-        if dead:
-            for name in node.input:
-                if name:
-                    reads[name] -= 1
-        else:
-            keep.append(node)
-    if len(keep) != len(graph.node):
-        kept = list(reversed(keep))
-        del graph.node[:]
-        graph.node.extend(kept)
-        return True
-    return False
+    dead: list[int] = []
+    for index in range(len(graph.node) - 1, -1, -1):  # consumers before producers: one pass frees chains
+        node = graph.node[index]
+        if (node.op_type in CONSTANT_OPS and node.domain in ("", "ai.onnx")
+                and not any(reads.get(out, 0) for out in node.output if out)):
+            dead.append(index)
+            for name in node_reads(node):
+                reads[name] -= 1
+    for index in dead:  # descending: deleting in place, never copying the nodes kept (Constant weights)
+        del graph.node[index]
+    return bool(dead)
 
 
 def clean_graph(graph: onnx.GraphProto) -> bool:

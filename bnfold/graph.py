@@ -46,12 +46,17 @@ def names_used_inside(graph: onnx.GraphProto) -> set[str]:
     return used
 
 
-def _reads(node: onnx.NodeProto) -> set[str]:
+def node_reads(node: onnx.NodeProto) -> set[str]:
     """Names *node* reads: its inputs and the outer-scope names its subgraphs use."""
     reads = {n for n in node.input if n}
     for _, sub in subgraphs(node):
         reads |= names_used_inside(sub)
     return reads
+
+
+def input_name(node: onnx.NodeProto, slot: int) -> str:
+    """The name at input *slot* of *node*, or "" where that optional input is absent."""
+    return node.input[slot] if slot < len(node.input) else ""
 
 
 def all_names(graph: onnx.GraphProto) -> set[str]:
@@ -150,7 +155,7 @@ class GraphIndex:
         for out in node.output:
             if out:
                 self.producer[out] = node
-        for name in _reads(node):
+        for name in node_reads(node):
             self.consumers.setdefault(name, []).append(node)
 
     def _unindex(self, node: onnx.NodeProto, outputs: list[str], reads: set[str]) -> None:
@@ -168,7 +173,7 @@ class GraphIndex:
     def editing(self, *nodes: onnx.NodeProto) -> Iterator[None]:
         """Edit *nodes* (a rewrite); afterwards only their entries are re-indexed, so a fold costs
         time in proportion to what it touched, not to the graph: optimize stays linear in model size."""
-        before = [(node, [o for o in node.output if o], _reads(node)) for node in nodes]
+        before = [(node, [o for o in node.output if o], node_reads(node)) for node in nodes]
         yield
         for node, outputs, reads in before:
             self._unindex(node, outputs, reads)
@@ -255,27 +260,28 @@ class GraphIndex:
         anything else gets a fresh, collision-free initializer in this graph. *precise* (the float64
         value before rounding) is remembered for later folds into the same tensor.
         """
-        name = node.input[slot] if slot < len(node.input) else ""
+        name = input_name(node, slot)
         if name and self.only_reader(name, node):
-            if precise is not None:
-                self.precise[name] = precise
-            else:  # a float64 value from an earlier fold would now be stale
-                self.precise.pop(name, None)
             if name in self.initializers and name not in self.inputs:
                 assign_array(self.initializers[name], value, name)
-                return
+                return self._remember(name, precise)
             producer = self.producer.get(name)
             if producer is not None and producer.op_type == "Constant":
                 del producer.attribute[:]
                 producer.attribute.append(onnx.helper.make_attribute("value", numpy_helper.from_array(value)))
-                return
-            self.precise.pop(name, None)
+                return self._remember(name, precise)
         new_name = self.add_initializer(value, f"{node.name or node.output[0]}_{role}")
-        if precise is not None:
-            self.precise[new_name] = precise
+        self._remember(new_name, precise)
         while len(node.input) <= slot:
             node.input.append("")
         node.input[slot] = new_name
+
+    def _remember(self, name: str, precise: np.ndarray | None) -> None:
+        """Keep *name*'s float64 value for later folds, or forget an earlier one that is now stale."""
+        if precise is None:
+            self.precise.pop(name, None)
+        else:
+            self.precise[name] = precise
 
     def add_initializer(self, value: np.ndarray, base: str) -> str:
         """A new initializer holding *value*, under a collision-free name derived from *base*."""

@@ -8,12 +8,13 @@ in both graphs, in the candidate's node order, which ONNX requires to be topolog
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import onnx
 
 from bnfold.errors import UsageError
+from bnfold.graph import node_reads
 
 
 @dataclass
@@ -95,7 +96,7 @@ def _activations(graph: onnx.GraphProto) -> list[str]:
     live = {v.name for v in graph.input if v.name not in initializers}
     found: list[str] = []
     for node in graph.node:
-        if any(name in live for name in _reads(node)):
+        if any(name in live for name in node_reads(node)):
             for out in node.output:
                 if out:
                     live.add(out)
@@ -103,13 +104,3 @@ def _activations(graph: onnx.GraphProto) -> list[str]:
     return found
 
 
-def _reads(node: onnx.NodeProto) -> Iterator[str]:
-    """Everything *node* reads, including outer-scope names used inside its subgraphs (If/Loop/Scan)."""
-    yield from (name for name in node.input if name)
-    for attribute in node.attribute:
-        graphs = list(attribute.graphs)
-        if attribute.HasField("g"):
-            graphs.append(attribute.g)
-        for graph in graphs:
-            for inner in graph.node:
-                yield from _reads(inner)

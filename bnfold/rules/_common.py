@@ -8,7 +8,7 @@ import onnx
 
 from bnfold import fold_math
 from bnfold.constants import attribute_values
-from bnfold.graph import GraphIndex, is_float_dtype
+from bnfold.graph import GraphIndex, input_name, is_float_dtype
 from bnfold.reasons import Reason
 from bnfold.rules.base import Plan, Refusal
 
@@ -61,7 +61,7 @@ def weights(g: GraphIndex, node: onnx.NodeProto, slots: tuple[int, ...]) -> list
     """Constant values of *node*'s inputs at *slots* (None for an absent optional input)."""
     values: list[np.ndarray | None] = []
     for slot in slots:
-        name = node.input[slot] if slot < len(node.input) else ""
+        name = input_name(node, slot)
         if not name:
             values.append(None)
             continue
@@ -86,10 +86,6 @@ def keep_precise(g: GraphIndex, plan: Plan, output: str) -> dict[int, np.ndarray
     """The float64 values worth remembering: only where *output* feeds a chain, so a plain
     Conv -> BN -> Relu keeps no float64 copy of its weights alive."""
     return plan.precise if feeds_chain(g, output) else {}
-
-
-def _input(node: onnx.NodeProto, slot: int) -> str:
-    return node.input[slot] if slot < len(node.input) else ""
 
 
 def rounded(values: np.ndarray, dtype: np.dtype, what: str, **underflow_check) -> np.ndarray | Refusal:
@@ -123,7 +119,7 @@ def plan_producer_fold(g: GraphIndex, producer: onnx.NodeProto, anchor: onnx.Nod
         return found
     weight, bias = found
     channels = output_channels(g, producer, weight)
-    w_in, b_in = g.exact(producer.input[1], weight), g.exact(_input(producer, 2), bias)
+    w_in, b_in = g.exact(producer.input[1], weight), g.exact(input_name(producer, 2), bias)
     if scale.shape != (channels,):
         return Refusal(Reason.SHAPE_MISMATCH, f"{scale.shape[0]} scale values for {channels} channels")
     attrs = attribute_values(producer)

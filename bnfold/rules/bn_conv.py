@@ -20,6 +20,7 @@ import onnx
 
 from bnfold import fold_math
 from bnfold.constants import attribute_values
+from bnfold.graph import input_name
 from bnfold.reasons import Reason
 from bnfold.rules._common import bn_affine, keep_precise, rounded, weights
 from bnfold.rules.base import Plan, Refusal
@@ -66,9 +67,8 @@ class BnConvRule:
         group = attribute_values(conv).get("group", 1)
         if scale.shape != (weight.shape[1] * group,):
             return Refusal(Reason.SHAPE_MISMATCH, f"{scale.shape[0]} channels vs conv input {weight.shape[1] * group}")
-        bias_name = conv.input[2] if len(conv.input) > 2 else ""
-        w64, b64 = fold_math.fold_into_following_conv(g.exact(conv.input[1], weight), g.exact(bias_name, bias),
-                                                      scale, shift, group)
+        w64, b64 = fold_math.fold_into_following_conv(g.exact(conv.input[1], weight),
+                                                      g.exact(input_name(conv, 2), bias), scale, shift, group)
         new_w, new_b = rounded(w64, weight.dtype, "weight"), rounded(b64, weight.dtype, "bias")
         for value in (new_w, new_b):
             if isinstance(value, Refusal):
