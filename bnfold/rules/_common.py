@@ -151,12 +151,7 @@ def _plan_conv_blockwise(producer, anchor, weight, w_in, b_in, scale, shift) -> 
         had = weight.reshape(weight.shape[0], -1).any(axis=1) & (scale != 0)
         if np.any(had & ~nonzero):
             return Refusal(Reason.FOLD_UNDERFLOW, f"weight underflows {weight.dtype.name}")
-    new_b = rounded(fold_math.conv_bias(b_in, scale, shift), weight.dtype, "bias")
-    if isinstance(new_b, Refusal):
-        return new_b
-    x_name, y_name = producer.output[0], anchor.output[0]
-    return Plan(anchor=anchor, target=producer, constants={1: (new_w, "weight"), 2: (new_b, "bias")},
-                surviving_output=y_name, removed_tensors={x_name: y_name})
+    return _producer_plan(producer, anchor, new_w, fold_math.conv_bias(b_in, scale, shift), {})
 
 
 def _by_output_channel(w: np.ndarray, group: int) -> np.ndarray:
@@ -183,12 +178,18 @@ def _plan_from_folded(producer, anchor, weight, w64, b64, scale, channel_axis) -
         new_w = rounded(w64, weight.dtype, "weight", reference=weight, scale=scale, channel_axis=channel_axis)
     if isinstance(new_w, Refusal):
         return new_w
-    new_b = rounded(b64, weight.dtype, "bias")
+    return _producer_plan(producer, anchor, new_w, b64, {1: w64, 2: b64})
+
+
+def _producer_plan(producer, anchor, new_w: np.ndarray, b64: np.ndarray, precise: dict) -> Plan | Refusal:
+    """Round the folded bias (to the weight's dtype) and describe the rewrite: the producer takes the
+    anchor's output name; the producer's old output maps to it."""
+    new_b = rounded(b64, new_w.dtype, "bias")
     if isinstance(new_b, Refusal):
         return new_b
     x_name, y_name = producer.output[0], anchor.output[0]
     return Plan(anchor=anchor, target=producer, constants={1: (new_w, "weight"), 2: (new_b, "bias")},
-                precise={1: w64, 2: b64}, surviving_output=y_name, removed_tensors={x_name: y_name})
+                precise=precise, surviving_output=y_name, removed_tensors={x_name: y_name})
 
 
 def rewrite_producer_fold(g: GraphIndex, plan: Plan) -> None:
