@@ -83,7 +83,8 @@ def _load(model: ModelInput, label: str | None) -> tuple[onnx.ModelProto | str, 
         refs = check_external_data(proto, path.absolute().parent, require_files=True)
         size += sum({ref.path: ref.path.stat().st_size for ref in refs}.values())
         return str(path), Variant(label or str(path), str(path), size)
-    return proto, Variant(label or str(path), _serialise(proto), size)
+    # the file's own bytes are the model serialised: hand them over rather than serialising it again
+    return proto, Variant(label or str(path), path.read_bytes(), size)
 
 
 def _serialise(model: onnx.ModelProto) -> bytes:
