@@ -13,7 +13,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -21,6 +21,7 @@ import onnx
 
 from bnfold import __version__
 from bnfold.cleanup import clean_graph
+from bnfold.detached import detach
 from bnfold.errors import ShapeGuessError, UsageError, VerificationFailed
 from bnfold.external_data import has_external_data
 from bnfold.folding import AppliedFold, FoldOutcome, RefusedSite, fold_model
@@ -84,8 +85,7 @@ class FoldReport(ReportMixin):
 
 @dataclass(frozen=True)
 class OptimizeResult:
-    """The folded model and its report. ``to_bytes()`` serialises it, reusing the very bytes verification
-    ran when there are any (``verified_bytes``; None where ``model`` still refers to external data files).
+    """The folded model and its report; ``to_bytes()`` serialises it.
 
     A model file with external data is loaded lazily: ``model`` then still refers to the weights the fold
     left unchanged, in their data files in ``external_folder`` (the input's folder). Save it with
@@ -95,24 +95,20 @@ class OptimizeResult:
     model: onnx.ModelProto
     report: FoldReport
     verification: Any | None = None  # bnfold.verification.VerifyReport
-    verified_bytes: bytes | None = field(default=None, repr=False, compare=False)  # before provenance
     source_external_data: bool = False  # the input file kept tensors in external data files
     external_folder: Path | None = None  # where ``model``'s remaining external tensors live; None: none remain
-    provenance: bytes = field(default=b"", repr=False, compare=False)  # serialised metadata_props entries
 
     def to_bytes(self) -> bytes:
-        """The model serialised: the verified bytes plus the provenance entries (a protobuf fragment), so a
-        verified model is not serialised twice. Refused for a model still reading external data files."""
+        """The model serialised. Refused for a model still reading external data files."""
         if self.external_folder is not None:
             raise UsageError("this model still reads tensors from external data files; save it with "
                              "bnfold.io.save_model(result.model, path, source_folder=result.external_folder)")
-        if self.verified_bytes is not None:
-            return self.verified_bytes + self.provenance
         return self.model.SerializeToString()
 
 
 class Reference(NamedTuple):
-    """What verification compares against: the original (path or proto) and its graph structure."""
+    """What verification compares against: the original (a path, or its structure and weights held apart
+    from the model being folded) and its graph structure."""
 
     source: Any
     structure: onnx.ModelProto
@@ -171,8 +167,8 @@ def optimize(model_or_path: onnx.ModelProto | str | os.PathLike, *, rules: Seque
     enabled, disabled = select_rules(rules, skip_rules)
     model, reference, data, external = _load(model_or_path)
     before = model_stats(model)
-    if verify:  # with the original's structure (no weights), so verification needn't parse the file again
-        reference = Reference(reference, skeleton(model))
+    if verify:
+        reference = _reference(model, reference)
     started = time.perf_counter()
     outcome = _fold(model, enabled, disabled, frozenset(), metadata, data)
     _release_freed_memory()
@@ -181,22 +177,31 @@ def optimize(model_or_path: onnx.ModelProto | str | os.PathLike, *, rules: Seque
                  atol=atol, rtol=rtol, provider=provider)
     refold = functools.partial(_refold, model_or_path, enabled, disabled, metadata)
     reverted: list[RevertedFold] = []
-    verification, serialized, summary = None, None, VerificationSummary("skipped", "verification disabled")
+    verification, summary = None, VerificationSummary("skipped", "verification disabled")
     if verify and not outcome.applied:
         summary = VerificationSummary("unchanged", "nothing was folded")
     elif verify:
-        model, outcome, verification, serialized, summary = _verify_and_revert(
+        model, outcome, verification, summary = _verify_and_revert(
             model, outcome, refold, reference, check, revert, reverted, data)
     report = FoldReport(rules=tuple(r.name for r in enabled), applied=tuple(outcome.applied),
                         refused=tuple(outcome.refused), reverted=tuple(reverted), tensor_map=outcome.tensor_map,
                         before=before, after=model_stats(model), passes=outcome.passes,
                         fold_seconds=round(fold_seconds, 6), verification=summary, cleaned=outcome.cleaned)
-    provenance = add_provenance(model, report) if metadata and report.changed else b""
-    result = OptimizeResult(model=model, report=report, verification=verification, verified_bytes=serialized,
-                            provenance=provenance, source_external_data=external,
+    if metadata and report.changed:
+        add_provenance(model, report)
+    result = OptimizeResult(model=model, report=report, verification=verification, source_external_data=external,
                             external_folder=data.folder if data is not None and has_external_data(model) else None)
     _raise_on_failure(result, strict=strict, force=force)
     return result
+
+
+def _reference(model: onnx.ModelProto, source) -> Reference:
+    """The original, kept apart before the fold changes *model*: its weights as arrays (lent to onnxruntime
+    without serialising them), or, where they stay in external data files, the file and its structure."""
+    detached = detach(model)
+    if detached is None:
+        return Reference(source, skeleton(model))
+    return Reference(detached, detached.structure)
 
 
 def _release_freed_memory() -> None:
@@ -221,23 +226,17 @@ def _refold(source, enabled, disabled, metadata, exclude: frozenset[str]) -> tup
     return model, _fold(model, enabled, disabled, exclude, metadata, data)
 
 
-def _candidate(model: onnx.ModelProto, scratch: Callable[[], str],
-               data: DataFolder | None) -> tuple[bytes | None, Any]:
-    """(bytes to keep for writing, what to hand onnxruntime): bytes, or an external-data file past 2 GB.
-
-    A lazy model that still refers to its source's data files goes to a temporary external-data file too,
-    whatever its size: its bytes would need the source folder to run, and onnxruntime reading the new
-    payloads from disk beats holding them serialised beside the proto (and parsed again by verify).
-    """
+def _candidate(model: onnx.ModelProto, scratch: Callable[[], str], data: DataFolder | None) -> Any:
+    """What to hand onnxruntime: the model itself (its weights are lent as arrays, never serialised), or,
+    for a lazy model that still refers to its source's data files, a temporary external-data file:
+    onnxruntime reads the new payloads from disk and the unchanged ones from copies of their files."""
     from bnfold import io
 
-    lazy = data is not None and has_external_data(model)
-    if not lazy and io.model_bytes_size(model) <= io.SINGLE_FILE_LIMIT:
-        serialized = model.SerializeToString()
-        return serialized, serialized
+    if data is None or not has_external_data(model):
+        return model
     path = os.path.join(scratch(), "candidate.onnx")  # each re-verification replaces the previous candidate
-    io.save_model(model, path, external_data=True, source_folder=data.folder if lazy else None)
-    return None, path
+    io.save_model(model, path, external_data=True, source_folder=data.folder)
+    return path
 
 
 def _verify_and_revert(model, outcome, refold, reference, check, revert, reverted, data):
@@ -252,17 +251,17 @@ def _verify_loop(model, outcome, refold, reference, check, revert, reverted, scr
 
     exclude: set[str] = set()
     for _ in range(MAX_REVERTS + 1):
-        serialized, candidate = _candidate(model, scratch, data)
+        candidate = _candidate(model, scratch, data)
         try:
             report = run_verify(reference.source, candidate, check_tensors=_checkable(model, outcome.applied),
                                 structures=(reference.structure, model), **check)
         except ShapeGuessError as exc:  # our guessed shapes; a user's bad --input-shape still raises
-            return model, outcome, None, serialized, VerificationSummary("not_verified", str(exc))
+            return model, outcome, None, VerificationSummary("not_verified", str(exc))
         if report.passed:
-            return model, outcome, report, serialized, VerificationSummary("passed", "", report.to_dict())
+            return model, outcome, report, VerificationSummary("passed", "", report.to_dict())
         bad = _first_failing_fold(outcome.applied, report)
         if bad is None or not revert or len(exclude) >= MAX_REVERTS:
-            return model, outcome, report, serialized, VerificationSummary(
+            return model, outcome, report, VerificationSummary(
                 "failed", report.summary(), report.to_dict())
         fold, tensor = bad
         reverted.append(RevertedFold(rule=fold.rule, graph=fold.graph, node=fold.node, output=fold.output,

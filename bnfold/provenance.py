@@ -1,9 +1,7 @@
 """Provenance in the output's metadata_props: bnfold version, folds applied, verification summary.
 
-The entries can be appended to already-verified bytes as a serialised ModelProto fragment (protobuf
-merges repeated fields on concatenation), so adding them never costs a second serialisation of a
-big model (``OptimizeResult.to_bytes``). A model that bnfold leaves unchanged keeps its bytes, so
-re-runs stay byte-identical.
+A model that bnfold leaves unchanged gets no entries and keeps its bytes, so re-runs stay
+byte-identical.
 """
 
 from __future__ import annotations
@@ -39,16 +37,7 @@ def provenance_entries(report) -> list[tuple[str, str]]:
     return [(f"{PREFIX}version", __version__), (f"{PREFIX}folds", folds), (f"{PREFIX}verification", summary)]
 
 
-def provenance_fragment(report) -> onnx.ModelProto:
-    fragment = onnx.ModelProto()
+def add_provenance(model: onnx.ModelProto, report) -> None:
+    """Add this run's entries to *model* (after strip_provenance removed an earlier run's)."""
     for key, value in provenance_entries(report):
-        fragment.metadata_props.add(key=key, value=value)
-    return fragment
-
-
-def add_provenance(model: onnx.ModelProto, report) -> bytes:
-    """Add the entries to *model*; return them serialised as a fragment that, appended to bytes of the model
-    without them, gives bytes of the model with them (protobuf merges repeated fields)."""
-    fragment = provenance_fragment(report)
-    model.metadata_props.extend(fragment.metadata_props)
-    return fragment.SerializeToString()
+        model.metadata_props.add(key=key, value=value)

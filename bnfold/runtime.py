@@ -6,23 +6,27 @@ levels, thread counts and error messages are the same everywhere. Two promises k
 - a path is handed to onnxruntime as a path (no parse, no re-serialisation) unless intermediate
   tensors must be exposed as extra outputs; then only the graph is parsed (external data stays on
   disk, found through the model's folder) and serialised once;
-- a ``ModelProto`` is serialised exactly once and never copied: extra outputs are appended for the
-  duration of that one serialisation and removed again, so the caller's proto is left as it was
-  (don't hand the same proto to two threads creating sessions at once).
+- a ``ModelProto`` (or a :class:`~bnfold.detached.DetachedModel`) is never serialised whole: its
+  structure is, and its large weights are lent to onnxruntime as arrays (:mod:`bnfold.detached`);
+  only where it still reads external data files, or onnxruntime refuses the loan, is it serialised
+  once, extra outputs appended for that one serialisation and removed again, so the caller's proto is
+  left as it was (don't hand the same proto to two threads creating sessions at once).
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import onnx
 import onnxruntime as ort
 
+from bnfold.detached import DetachedModel, attach, detach, session_parts
 from bnfold.errors import ModelLoadError, RuntimeUnavailableError, UsageError
 
-ModelSource = onnx.ModelProto | bytes | str | os.PathLike
+ModelSource = onnx.ModelProto | DetachedModel | bytes | str | os.PathLike
 
 # bnfold's short names -> onnxruntime providers, most wanted first; accelerators fall back to CPU
 # for the nodes they cannot run, as onnxruntime does by itself when given the list.
@@ -68,17 +72,47 @@ def create_session(
     (onnxruntime's message on one line) when onnxruntime refuses the model.
     """
     providers = _providers_for(provider)
-    options = _session_options(opt_level, threads)
-    payload = _payload(model, tuple(dict.fromkeys(extra_outputs)), options, graph)
-    try:
-        session = ort.InferenceSession(payload, options, providers=list(providers))
-    except Exception as exc:  # onnxruntime raises its own pybind11 exception types
-        raise ModelLoadError(f"onnxruntime cannot load the model: {one_line(exc)}") from None
+    extra = tuple(dict.fromkeys(extra_outputs))
+    if isinstance(model, onnx.ModelProto):
+        model = detach(model) or model
+    if isinstance(model, DetachedModel):
+        session = _lent_session(model, extra, opt_level, threads, providers)
+    else:
+        options = _session_options(opt_level, threads)
+        session = _new_session(_payload(model, extra, options, graph), options, providers)
     if providers[0] not in session.get_providers():
         raise RuntimeUnavailableError(
             f"provider {provider!r} could not be initialised ({providers[0]} missing from the session); "
             f"available: {', '.join(available_providers())}"
         )
+    return session
+
+
+def _new_session(payload: str | bytes, options: ort.SessionOptions,
+                 providers: tuple[str, ...]) -> ort.InferenceSession:
+    try:
+        return ort.InferenceSession(payload, options, providers=list(providers))
+    except Exception as exc:  # onnxruntime raises its own pybind11 exception types
+        raise ModelLoadError(f"onnxruntime cannot load the model: {one_line(exc)}") from None
+
+
+def _lent_session(model: DetachedModel, extra: tuple[str, ...], opt_level: str, threads: int | None,
+                  providers: tuple[str, ...]) -> ort.InferenceSession:
+    """A session that reads the model's large weights from its arrays (see :mod:`bnfold.detached`); where
+    onnxruntime refuses that, one from the whole model serialised (its own error, if any, is raised)."""
+    present = {o.name for o in model.structure.graph.output}
+    _check_produced(model.structure.graph, [name for name in extra if name not in present])
+    options = _session_options(opt_level, threads)
+    with tempfile.TemporaryDirectory(prefix="bnfold-lent-") as folder:
+        payload, values = session_parts(model, list(extra), folder, options)
+        try:
+            session = ort.InferenceSession(payload, options, providers=list(providers))
+        except Exception:  # onnxruntime's pybind11 errors: retried below, where a real one is reported
+            session = None
+    if session is None:
+        options = _session_options(opt_level, threads)
+        return _new_session(_serialise_with_outputs(attach(model), extra), options, providers)
+    session._bnfold_lent_values = values  # onnxruntime reads these buffers: keep them as long as the session
     return session
 
 
@@ -156,6 +190,8 @@ def load_graph(model: ModelSource) -> onnx.ModelProto:
     without its external data (weights stay on disk; only the graph is needed)."""
     if isinstance(model, onnx.ModelProto):
         return model
+    if isinstance(model, DetachedModel):
+        return model.structure
     if isinstance(model, (bytes, bytearray)):
         return _parse(bytes(model))
     if isinstance(model, (str, os.PathLike)):

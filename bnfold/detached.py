@@ -1,0 +1,123 @@
+"""Handing a model's weights to onnxruntime as numpy arrays instead of serialised bytes.
+
+Serialising a 100 MB model and letting onnxruntime parse it back costs more than running it twice, and
+verification builds two sessions per check. Instead, :func:`detach` splits an in-memory model into
+
+- its *structure*: the model with every large float initializer replaced by a data-less stub (name,
+  dtype, dims), tens of kilobytes however big the model, and
+- the *arrays* those stubs stand for,
+
+and :func:`session_parts` turns that into what ``InferenceSession`` needs: the structure serialised
+(plus any extra outputs) and session options that lend onnxruntime the arrays (``add_initializer``:
+onnxruntime uses the buffers as they are, no copy). onnxruntime insists that an initializer without
+data points at external data that exists, so each stub names an empty placeholder file in a private
+temporary folder; the data itself always comes from the lent array, never from that file.
+
+Small tensors (shape inputs of Reshape and the like) and non-float ones stay inline: shape inference
+reads them, and lending saves nothing there.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from bnfold.external_data import has_external_data
+
+PLACEHOLDER = "bnfold-lent-weights.bin"  # an empty file; onnxruntime only checks that it exists
+LEND_MIN_BYTES = 1024
+_LENDABLE: dict[int, np.dtype] = {
+    onnx.TensorProto.FLOAT: np.dtype(np.float32),
+    onnx.TensorProto.DOUBLE: np.dtype(np.float64),
+    onnx.TensorProto.FLOAT16: np.dtype(np.float16),
+}
+
+
+@dataclass(frozen=True)
+class DetachedModel:
+    """A model's structure (large float initializers as stubs) and the arrays behind the stubs."""
+
+    structure: onnx.ModelProto
+    arrays: dict[str, np.ndarray] = field(repr=False)
+
+
+def detach(model: onnx.ModelProto) -> DetachedModel | None:
+    """Split *model*; None where it cannot be lent this way (tensors in external data files).
+
+    The arrays are copies: later edits of *model* do not reach them. Costs one copy of the lent weights.
+    """
+    if has_external_data(model):
+        return None
+    structure = onnx.ModelProto()
+    for name in ("ir_version", "producer_name", "producer_version", "domain", "model_version"):
+        setattr(structure, name, getattr(model, name))
+    structure.opset_import.extend(model.opset_import)
+    structure.functions.extend(model.functions)
+    source, graph = model.graph, structure.graph
+    graph.name = source.name
+    for name in ("node", "input", "output", "value_info", "sparse_initializer"):
+        getattr(graph, name).extend(getattr(source, name))
+    arrays: dict[str, np.ndarray] = {}
+    for init in source.initializer:
+        array = _lendable(init)
+        if array is None:
+            graph.initializer.append(init)
+            continue
+        arrays[init.name] = array
+        stub = graph.initializer.add(name=init.name, data_type=init.data_type, dims=init.dims)
+        stub.data_location = onnx.TensorProto.EXTERNAL
+        stub.external_data.add(key="location", value=PLACEHOLDER)
+        stub.external_data.add(key="length", value=str(array.nbytes))
+    return DetachedModel(structure, arrays)
+
+
+def _lendable(init: onnx.TensorProto) -> np.ndarray | None:
+    dtype = _LENDABLE.get(init.data_type)
+    if dtype is None or init.data_location == onnx.TensorProto.EXTERNAL or not init.HasField("raw_data"):
+        return None
+    count = int(np.prod(init.dims, dtype=np.int64)) if init.dims else 1
+    if count * dtype.itemsize < LEND_MIN_BYTES:
+        return None
+    raw = init.raw_data  # protobuf hands out a copy: the array owns its data
+    if len(raw) != count * dtype.itemsize:
+        return None  # malformed: left inline for onnxruntime to report
+    return np.frombuffer(raw, dtype=dtype).reshape(tuple(init.dims))
+
+
+def session_parts(model: DetachedModel, extra_outputs: list[str], folder: str,
+                  options: ort.SessionOptions) -> tuple[bytes, list[ort.OrtValue]]:
+    """(the structure serialised with *extra_outputs* appended, the lent values to keep alive as long as
+    the session). Adds the arrays to *options* and creates the placeholder file in *folder*."""
+    open(os.path.join(folder, PLACEHOLDER), "wb").close()
+    options.add_session_config_entry("session.model_external_initializers_file_folder_path", folder)
+    values = []
+    for name, array in model.arrays.items():
+        value = ort.OrtValue.ortvalue_from_numpy(array)
+        options.add_initializer(name, value)
+        values.append(value)
+    outputs = model.structure.graph.output
+    present = {o.name for o in outputs}
+    added = [name for name in extra_outputs if name not in present]
+    outputs.extend(onnx.ValueInfoProto(name=name) for name in added)  # types left open: ORT infers them
+    try:
+        return model.structure.SerializeToString(), values
+    finally:
+        if added:
+            del outputs[len(outputs) - len(added):]
+
+
+def attach(model: DetachedModel) -> onnx.ModelProto:
+    """The whole model again (the stubs filled from the arrays): the fallback where lending fails."""
+    whole = onnx.ModelProto()
+    whole.CopyFrom(model.structure)
+    for init in whole.graph.initializer:
+        array = model.arrays.get(init.name)
+        if array is not None:
+            init.ClearField("external_data")
+            init.data_location = onnx.TensorProto.DEFAULT
+            init.raw_data = array.tobytes()
+    return whole
