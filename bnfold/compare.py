@@ -87,6 +87,9 @@ def compare_arrays(reference: np.ndarray, candidate: np.ndarray, tolerance: Tole
     """Statistics for one sample; shapes must already match. Non-numeric tensors must be equal.
 
     *channel_magnitude* (max|r| per channel over all samples) replaces this sample's own where larger.
+    Verification compares every fold's tensor on every sample, so this is written for few passes over
+    the data: one BLAS dot product doubles as the check that everything is finite, and the element-wise
+    tolerance test runs only for a channel whose worst error exceeds ``atol`` alone.
     """
     if reference.dtype.kind in "OSU" or candidate.dtype.kind in "OSU":
         unequal = int(np.count_nonzero(np.asarray(reference) != np.asarray(candidate)))
@@ -94,47 +97,85 @@ def compare_arrays(reference: np.ndarray, candidate: np.ndarray, tolerance: Tole
         return _Sample(0.0, 0.0, 0.0, 0.0, 1.0 if unequal == 0 else 0.0, unequal, 0, None, int(reference.size),
                        zero, zero)
     # float32 arithmetic is ample for half/single tensors (differences of close values are exact);
-    # sums below accumulate in float64. Integers and doubles are compared in float64.
+    # integers and doubles are compared in float64.
     work = np.float32 if reference.dtype.itemsize <= 4 and reference.dtype.kind in "fV" else np.float64
-    r = np.asarray(reference, dtype=work)
-    c = np.asarray(candidate, dtype=work)
+    r = np.asarray(reference, dtype=work).ravel()
+    c = np.asarray(candidate, dtype=work).ravel()
     with np.errstate(invalid="ignore", over="ignore"):  # inf - inf and overflow are sorted out just below
         diff = c - r
-    odd_mismatch = new_nonfinite = 0
-    finite_count = r.size
-    if not np.isfinite(diff).all():  # rare: judge the non-finite pairs, then zero them out
-        finite_r = np.isfinite(r)
-        both = finite_r & np.isfinite(c)
-        new_nonfinite = int(np.count_nonzero(finite_r & ~both))
-        odd = ~both
-        same = (r[odd] == c[odd]) | (np.isnan(r[odd]) & np.isnan(c[odd]))
-        odd_mismatch = int(np.count_nonzero(~same))
-        finite_count = int(np.count_nonzero(both))
-        r, c = np.where(both, r, 0), np.where(both, c, 0)
-        diff = np.subtract(c, r, dtype=np.float64)  # finite values far apart can overflow float32
-    np.abs(diff, out=diff)
-    abs_r = np.abs(r)
+        squared = float(np.dot(diff, diff))
+    if math.isfinite(squared):
+        pairs = _Pairs(r, c, diff, _cosine_from(r, c, diff, squared), finite_count=r.size)
+    else:  # rare: a NaN/inf somewhere, or differences too large for float32 to square
+        pairs = _finite_pairs(r, c)
+    shape = np.shape(reference)
+    sample = _statistics(pairs, shape, tolerance, channel_magnitude)
+    sample.top1 = _top1(reference, candidate)
+    return sample
+
+
+@dataclass
+class _Pairs:
+    """Flattened reference/candidate values, non-finite pairs already judged and zeroed."""
+
+    r: np.ndarray
+    c: np.ndarray
+    diff: np.ndarray  # c - r, signed
+    cosine: float
+    finite_count: int
+    new_nonfinite: int = 0
+    odd_mismatch: int = 0  # non-finite pairs that differ
+
+
+def _finite_pairs(r: np.ndarray, c: np.ndarray) -> _Pairs:
+    """Judge pairs where either side is not finite (must be identical), then zero them out."""
+    finite_r = np.isfinite(r)
+    both = finite_r & np.isfinite(c)
+    odd = ~both
+    same = (r[odd] == c[odd]) | (np.isnan(r[odd]) & np.isnan(c[odd]))
+    r, c = np.where(both, r, 0), np.where(both, c, 0)
+    return _Pairs(r, c, np.subtract(c, r, dtype=np.float64),  # finite values far apart can overflow float32
+                  _cosine(r, c), finite_count=int(np.count_nonzero(both)),
+                  new_nonfinite=int(np.count_nonzero(finite_r & ~both)), odd_mismatch=int(np.count_nonzero(~same)))
+
+
+def _statistics(pairs: _Pairs, shape: tuple[int, ...], tolerance: Tolerance,
+                channel_magnitude: np.ndarray | None) -> _Sample:
+    diff = np.abs(pairs.diff, out=pairs.diff).reshape(shape)
+    abs_r = np.abs(pairs.r, dtype=diff.dtype).reshape(shape)
     own = per_channel_max(abs_r)
+    channel_error = per_channel_max(diff)
     magnitudes = own if channel_magnitude is None else np.maximum(own, channel_magnitude)
-    threshold = abs_r * tolerance.rtol
-    threshold += tolerance.atol * _broadcast(scale_of(magnitudes), abs_r.ndim)
-    mismatched = int(np.count_nonzero(diff > threshold)) + odd_mismatch
-    del threshold
-    magnitude = float(own.max()) if r.size else 0.0
-    rel_floor = REL_FLOOR * magnitude if magnitude > 0 else np.finfo(np.float64).tiny
+    mismatched = pairs.odd_mismatch + _mismatches(diff, abs_r, channel_error, scale_of(magnitudes), tolerance)
+    magnitude = float(own.max()) if diff.size else 0.0
+    rel_floor = max(REL_FLOOR * magnitude, float(np.finfo(abs_r.dtype).tiny))
+    if diff.size:  # abs_r is not needed any more: it becomes the relative error
+        np.maximum(abs_r, rel_floor, out=abs_r)
+        np.divide(diff, abs_r, out=abs_r)
     return _Sample(
-        max_abs=float(diff.max()) if diff.size else 0.0,
-        max_rel=float((diff / np.maximum(abs_r, rel_floor)).max()) if diff.size else 0.0,
-        mean_abs=float(diff.sum(dtype=np.float64) / finite_count) if finite_count else 0.0,
+        max_abs=float(channel_error.max()) if diff.size else 0.0,
+        max_rel=float(abs_r.max()) if diff.size else 0.0,
+        mean_abs=float(diff.sum(dtype=np.float64) / pairs.finite_count) if pairs.finite_count else 0.0,
         magnitude=magnitude,
-        cosine=_cosine(r.ravel(), c.ravel()),
+        cosine=pairs.cosine,
         mismatched=mismatched,
-        new_nonfinite=new_nonfinite,
-        top1=_top1(reference, candidate),
-        compared=int(np.size(reference)),
+        new_nonfinite=pairs.new_nonfinite,
+        top1=None,
+        compared=diff.size,
         channel_magnitude=own,
-        channel_error=per_channel_max(diff),
+        channel_error=channel_error,
     )
+
+
+def _mismatches(diff: np.ndarray, abs_r: np.ndarray, channel_error: np.ndarray, scale: np.ndarray,
+                tolerance: Tolerance) -> int:
+    """Elements with ``diff > atol * scale + rtol * |r|``. A channel whose largest error is below
+    ``atol * scale`` alone has none (the margin covers rounding of the float32 threshold)."""
+    if np.all(channel_error < tolerance.atol * scale * (1 - 1e-6)):
+        return 0
+    threshold = abs_r * tolerance.rtol
+    threshold += tolerance.atol * _broadcast(scale, abs_r.ndim)
+    return int(np.count_nonzero(diff > threshold))
 
 
 def per_channel_max(a: np.ndarray) -> np.ndarray:
@@ -157,7 +198,27 @@ def _broadcast(per_channel: np.ndarray, ndim: int) -> np.ndarray | float:
     return per_channel.reshape((1, per_channel.size) + (1,) * (ndim - 2))
 
 
+def _cosine_from(r: np.ndarray, c: np.ndarray, diff: np.ndarray, squared: float) -> float:
+    """Cosine similarity from fast dot products. Written as ``1 - (|d|^2 - (|c| - |r|)^2) / (2 |r| |c|)`` with
+    ``|c| - |r| = d.(c + r) / (|c| + |r|)``: the small terms come from dot products of the small difference
+    itself, so a cosine of 1 - 1e-12 survives sums rounded in float32. Tensors far apart (failures,
+    mostly) take float64 sums instead."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        rr, cc = float(np.dot(r, r)), float(np.dot(c, c))
+        cross = float(np.dot(diff, c)) + float(np.dot(diff, r))
+    if not (math.isfinite(rr) and math.isfinite(cc) and math.isfinite(cross)):
+        return _cosine(r, c)  # float32 sums overflowed
+    if rr == 0.0 or cc == 0.0:
+        return 1.0 if rr == cc else 0.0
+    norm_r, norm_c = math.sqrt(rr), math.sqrt(cc)
+    if squared > 1e-2 * norm_r * norm_c:  # far apart: the two terms cancel, float32 sums no longer suffice
+        return _cosine(r, c)
+    delta = cross / (norm_r + norm_c)
+    return max(-1.0, min(1.0, 1.0 - (squared - delta * delta) / (2.0 * norm_r * norm_c)))
+
+
 def _cosine(r: np.ndarray, c: np.ndarray) -> float:
+    """Cosine similarity with float64 sums: the slow, sure way for the rare cases above."""
     def dot(a: np.ndarray, b: np.ndarray) -> float:
         return float(np.einsum("i,i->", a, b, dtype=np.float64))
 
