@@ -120,3 +120,34 @@ def test_models_with_external_data_are_not_detached(model, tmp_path):
     onnx.save(model, tmp_path / "m.onnx", save_as_external_data=True, location="m.data", size_threshold=0)
     lazy = onnx.load(tmp_path / "m.onnx", load_external_data=False)
     assert detach(lazy) is None
+
+
+def test_an_overridable_weight_can_still_be_fed(model):
+    b = GraphBuilder(seed=4)
+    x = b.input("x", ["N", 8, 6, 6])
+    scale = b.init(np.full((1, 8, 6, 6), 2.0, dtype=np.float32), name="scale", overridable=True)  # 1.1 KiB: lent
+    b.output(b.node("Mul", [x, scale], name="mul"))
+    session = create_session(b.build())
+    assert len(session._bnfold_lent_values) == 1
+    assert np.array_equal(session.run(None, FEED)[0], FEED["x"] * 2)
+    fed = {**FEED, "scale": np.full((1, 8, 6, 6), 3.0, dtype=np.float32)}
+    assert np.array_equal(session.run(None, fed)[0], FEED["x"] * 3)
+
+
+def test_a_subgraph_reads_a_lent_weight_of_the_main_graph():
+    from onnx import helper
+
+    b = GraphBuilder(seed=5)
+    x = b.input("x", ["N", 8, 6, 6])
+    weight = b.init(np.random.default_rng(5).standard_normal((1, 8, 6, 6)).astype(np.float32), name="w")
+    flag = b.init(np.array(True), name="flag")
+    then = helper.make_graph([helper.make_node("Mul", [x, weight], ["then_out"])], "then", [],
+                             [helper.make_tensor_value_info("then_out", onnx.TensorProto.FLOAT, None)])
+    other = helper.make_graph([helper.make_node("Add", [x, weight], ["else_out"])], "else", [],
+                              [helper.make_tensor_value_info("else_out", onnx.TensorProto.FLOAT, None)])
+    b.nodes.append(helper.make_node("If", [flag], ["y"], then_branch=then, else_branch=other))
+    b.output("y")
+    model = b.build()
+    session = create_session(model)
+    assert len(session._bnfold_lent_values) == 1
+    assert np.array_equal(session.run(None, FEED)[0], FEED["x"] * numpy_helper.to_array(model.graph.initializer[0]))
