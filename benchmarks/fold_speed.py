@@ -18,13 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import _fold_targets as t
 import _measure as m
-
-TIME_VS_LOAD_SAVE = 1.25
-TIME_VS_ONNXSLIM = 0.6
-MEMORY_VS_LOAD_SAVE = 1.3
-VERIFY_INFERENCES = 3  # optimize with verification <= load+save + 3 one-sample inferences
-VERIFY_SAMPLES = 2  # optimize's default: each model runs on 2 samples
 
 
 def _onnx_load_save() -> m.Runner:
@@ -177,27 +172,8 @@ def _measure_all(args: argparse.Namespace, folder: Path) -> dict:
                 source_size=source.stat().st_size, rounds=args.rounds, fresh_rounds=args.fresh_rounds)
 
 
-def _medians(r: dict) -> dict[str, dict[str, float]]:
-    """Per variant: 'time' (one process), 'fresh' (fresh processes), 'peak', 'imports'; missing keys absent."""
-    result: dict[str, dict[str, float]] = {}
-    for key, times in r["times"].items():
-        figures = {"time": m.median(times)}
-        if r["fresh"].get(key):
-            runs = r["fresh"][key]
-            figures.update(fresh=m.median([x.seconds for x in runs]), peak=m.median([x.peak for x in runs]),
-                           imports=m.median([x.imports for x in runs]))
-        result[key] = figures
-    return result
-
-
-def _ratio(figures: dict[str, dict[str, float]], key: str, field: str, base: str = "onnx") -> float | None:
-    if field not in figures.get(key, {}) or field not in figures.get(base, {}):
-        return None
-    return figures[key][field] / figures[base][field]
-
-
 def _rows(r: dict) -> list[tuple]:
-    med = _medians(r)
+    med = t.medians(r)
     rows = []
     for variant in VARIANTS:
         if variant.key in r["skipped"]:
@@ -206,61 +182,12 @@ def _rows(r: dict) -> list[tuple]:
         f, times, (bn_left, size) = med[variant.key], r["times"][variant.key], r["facts"][variant.key]
         rows.append((
             variant.label, f"{f['time']:.3f} ({min(times):.3f}-{max(times):.3f})",
-            _times(_ratio(med, variant.key, "time")), f"{f['fresh']:.3f}" if "fresh" in f else "-",
-            _times(_ratio(med, variant.key, "fresh")), m.mib(f["peak"]) if "peak" in f else "-",
-            _times(_ratio(med, variant.key, "peak")), m.mib(f["imports"]) if "imports" in f else "-",
+            t.times(t.ratio(med, variant.key, "time")), f"{f['fresh']:.3f}" if "fresh" in f else "-",
+            t.times(t.ratio(med, variant.key, "fresh")), m.mib(f["peak"]) if "peak" in f else "-",
+            t.times(t.ratio(med, variant.key, "peak")), m.mib(f["imports"]) if "imports" in f else "-",
             bn_left, f"{size / m.MIB:.1f}",
         ))
     return rows
-
-
-def _times(ratio: float | None) -> str:
-    return "-" if ratio is None else f"{ratio:.2f}x"
-
-
-def _targets(r: dict) -> list[tuple]:
-    med = _medians(r)
-    inference = r["ort"][1]
-    rows = []
-    for field, where in (("time", "one process"), ("fresh", "fresh processes")):
-        rows.append((f"bnfold --no-verify time / load+save ({where})", _times(_ratio(med, "bnfold", field)),
-                     f"<= {TIME_VS_LOAD_SAVE}x", m.verdict(_ratio(med, "bnfold", field), TIME_VS_LOAD_SAVE)))
-        rows.append((f"bnfold --no-verify time / onnxslim ({where})",
-                     _times(_ratio(med, "bnfold", field, "onnxslim")), f"<= {TIME_VS_ONNXSLIM}x",
-                     m.verdict(_ratio(med, "bnfold", field, "onnxslim"), TIME_VS_ONNXSLIM)))
-    rows.append(("bnfold --no-verify peak RSS / load+save", _times(_ratio(med, "bnfold", "peak")),
-                 f"<= {MEMORY_VS_LOAD_SAVE}x", m.verdict(_ratio(med, "bnfold", "peak"), MEMORY_VS_LOAD_SAVE)))
-    for field, where in (("time", "one process"), ("fresh", "fresh processes")):
-        if field not in med["bnfold_verify"] or field not in med["onnx"]:
-            continue
-        budget = med["onnx"][field] + VERIFY_INFERENCES * inference
-        ratio = med["bnfold_verify"][field] / budget
-        rows.append((f"bnfold with verification / (load+save + {VERIFY_INFERENCES} x inference) ({where})",
-                     f"{ratio:.2f}x ({med['bnfold_verify'][field]:.2f} s vs {budget:.2f} s)", "<= 1.00x",
-                     m.verdict(ratio, 1.0)))
-    rows.extend(_floor_rows(med, r["ort"]))
-    return rows
-
-
-def _floor_rows(med: dict[str, dict[str, float]], ort: tuple[float, float]) -> list[tuple]:
-    """What verification cannot do without, by the issue's own account of its cost ("one session creation
-    and two inferences per model", i.e. one inference per sample): the fold and save themselves
-    (--no-verify), two session creations and 2 x samples inferences. Not a target: context for the one
-    above, which this floor alone exceeds."""
-    creation, inference = ort
-    if "time" not in med.get("bnfold_verify", {}) or "time" not in med.get("bnfold", {}):
-        return []
-    runs = 2 * VERIFY_SAMPLES
-    floor = med["bnfold"]["time"] + 2 * creation + runs * inference
-    strict_floor = med["onnx"]["time"] + runs * inference
-    measured = med["bnfold_verify"]["time"]
-    budget = med["onnx"]["time"] + VERIFY_INFERENCES * inference
-    return [
-        (f"(context) load+save + {runs} inferences, the least any check of 2 models on {VERIFY_SAMPLES} samples "
-         "costs (one process)", f"{strict_floor:.2f} s = {strict_floor / budget:.2f}x the budget above", "-", "-"),
-        (f"(context) bnfold with verification / (--no-verify + 2 session creations + {runs} inferences) "
-         "(one process)", f"{measured / floor:.2f}x ({measured:.2f} s vs {floor:.2f} s)", "-", "-"),
-    ]
 
 
 def _render(r: dict) -> str:
@@ -287,7 +214,7 @@ def _render(r: dict) -> str:
         "",
         "## Targets",
         "",
-        m.markdown_table(("target", "measured", "limit", "verdict"), _targets(r)),
+        m.markdown_table(("target", "measured", "limit", "verdict"), t.targets(r)),
     ]
     if r["breakdown"]:
         parts += ["", "## Where bnfold's time goes (one profiled run of each, one process)", "", r["breakdown"]]
