@@ -1,7 +1,8 @@
 """Atomic file writing: the destination is either the old file or the complete new one, never half of one.
 
 A temporary file is created in the destination's folder (same filesystem, so the final rename is atomic),
-written, flushed, fsynced and renamed over the destination. On any failure, KeyboardInterrupt or SIGTERM
+written (its pages sent to disk as it grows: :mod:`bnfold.writeback`), flushed, fsynced and renamed over the
+destination. On any failure, KeyboardInterrupt or SIGTERM
 (see ``SignalGuard``) the temporary file is removed. Used for models, external data files and reports.
 """
 
@@ -19,6 +20,7 @@ from types import FrameType
 from typing import BinaryIO
 
 from bnfold.errors import OutputWriteError
+from bnfold.writeback import WritebackFile
 
 __all__ = ["SignalGuard", "SignalTerminated", "atomic_write", "write_text_atomic", "staged", "require_folder",
            "sync_folder"]
@@ -66,7 +68,7 @@ class SignalGuard:
 class _Stage:
     """A temporary file beside its destination; ``commit`` syncs it and renames it into place."""
 
-    def __init__(self, destination: Path, temporary: Path, handle: BinaryIO) -> None:
+    def __init__(self, destination: Path, temporary: Path, handle: WritebackFile) -> None:
         self.destination, self.temporary, self.handle = destination, temporary, handle
         self.committed = False
 
@@ -161,7 +163,7 @@ def staged(destination: Path) -> Iterator[_Stage]:
             fd, temporary = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
         except OSError as exc:
             raise _write_error(destination, exc) from None
-        stage = _Stage(destination, Path(temporary), os.fdopen(fd, "wb"))
+        stage = _Stage(destination, Path(temporary), WritebackFile(os.fdopen(fd, "wb")))
     except BaseException:
         _release_signals(held)
         raise
