@@ -185,7 +185,7 @@ BNFOLD_STAGES = (
     Part("    payload for ORT (parse/serialise with extra outputs)", "bnfold/runtime.py", "_payload"),
     Part("  ORT inference (InferenceSession.run)", "onnxruntime_inference_collection.py", "run"),
     Part("  comparing tensors (compare.compare_arrays)", "bnfold/compare.py", "compare_arrays"),
-    Part("    of which cosine (compare._cosine)", "bnfold/compare.py", "_cosine"),
+    Part("    of which cosine (cosine.cosine_from_difference)", "bnfold/cosine.py", "cosine_from_difference"),
     Part("source external-data check (io.uses_external_data)", "bnfold/io.py", "uses_external_data"),
     Part("save: bnfold.io.save_model", "bnfold/io.py", "save_model"),
     Part("all SerializeToString calls", "~", "SerializeToString"),

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bnfold.cosine import cosine, cosine_from_difference
 from bnfold.report import ReportMixin
 
 SCALE_FLOOR = 1.0  # atol scales with the channel's max|r| only above 1: below, it is absolute
@@ -105,7 +106,7 @@ def compare_arrays(reference: np.ndarray, candidate: np.ndarray, tolerance: Tole
         diff = c - r
         squared = float(np.dot(diff, diff))
     if math.isfinite(squared):
-        pairs = _Pairs(r, c, diff, _cosine_from(r, c, diff, squared), finite_count=r.size)
+        pairs = _Pairs(r, c, diff, cosine_from_difference(r, c, diff, squared), finite_count=r.size)
     else:  # rare: a NaN/inf somewhere, or differences too large for float32 to square
         pairs = _finite_pairs(r, c)
     shape = np.shape(reference)
@@ -135,7 +136,7 @@ def _finite_pairs(r: np.ndarray, c: np.ndarray) -> _Pairs:
     same = (r[odd] == c[odd]) | (np.isnan(r[odd]) & np.isnan(c[odd]))
     r, c = np.where(both, r, 0), np.where(both, c, 0)
     return _Pairs(r, c, np.subtract(c, r, dtype=np.float64),  # finite values far apart can overflow float32
-                  _cosine(r, c), finite_count=int(np.count_nonzero(both)),
+                  cosine(r, c), finite_count=int(np.count_nonzero(both)),
                   new_nonfinite=int(np.count_nonzero(finite_r & ~both)), odd_mismatch=int(np.count_nonzero(~same)))
 
 
@@ -196,38 +197,6 @@ def _broadcast(per_channel: np.ndarray, ndim: int) -> np.ndarray | float:
     if ndim < 2:
         return float(per_channel[0])
     return per_channel.reshape((1, per_channel.size) + (1,) * (ndim - 2))
-
-
-def _cosine_from(r: np.ndarray, c: np.ndarray, diff: np.ndarray, squared: float) -> float:
-    """Cosine similarity from fast dot products. Written as ``1 - (|d|^2 - (|c| - |r|)^2) / (2 |r| |c|)`` with
-    ``|c| - |r| = d.(c + r) / (|c| + |r|)``: the small terms come from dot products of the small difference
-    itself, so a cosine of 1 - 1e-12 survives sums rounded in float32. Tensors far apart (failures,
-    mostly) take float64 sums instead."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        rr, cc = float(np.dot(r, r)), float(np.dot(c, c))
-        cross = float(np.dot(diff, c)) + float(np.dot(diff, r))
-    if not (math.isfinite(rr) and math.isfinite(cc) and math.isfinite(cross)):
-        return _cosine(r, c)  # float32 sums overflowed
-    if rr == 0.0 or cc == 0.0:
-        return 1.0 if rr == cc else 0.0
-    norm_r, norm_c = math.sqrt(rr), math.sqrt(cc)
-    if squared > 1e-2 * norm_r * norm_c:  # far apart: the two terms cancel, float32 sums no longer suffice
-        return _cosine(r, c)
-    delta = cross / (norm_r + norm_c)
-    return max(-1.0, min(1.0, 1.0 - (squared - delta * delta) / (2.0 * norm_r * norm_c)))
-
-
-def _cosine(r: np.ndarray, c: np.ndarray) -> float:
-    """Cosine similarity with float64 sums: the slow, sure way for the rare cases above."""
-    def dot(a: np.ndarray, b: np.ndarray) -> float:
-        return float(np.einsum("i,i->", a, b, dtype=np.float64))
-
-    norm_r, norm_c = math.sqrt(dot(r, r)), math.sqrt(dot(c, c))
-    if norm_r == 0.0 and norm_c == 0.0:
-        return 1.0
-    if norm_r == 0.0 or norm_c == 0.0:
-        return 0.0
-    return max(-1.0, min(1.0, dot(r, c) / (norm_r * norm_c)))
 
 
 def _top1(reference: np.ndarray, candidate: np.ndarray) -> float | None:
