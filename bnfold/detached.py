@@ -7,11 +7,11 @@ verification builds two sessions per check. Instead, :func:`detach` splits an in
   dtype, dims), tens of kilobytes however big the model, and
 - the *arrays* those stubs stand for,
 
-and :func:`session_parts` turns that into what ``InferenceSession`` needs: the structure serialised
-(plus any extra outputs) and session options that lend onnxruntime the arrays (``add_initializer``:
-onnxruntime uses the buffers as they are, no copy). onnxruntime insists that an initializer without
-data points at external data that exists, so each stub names an empty placeholder file in a private
-temporary folder; the data itself always comes from the lent array, never from that file.
+and :func:`lend` puts the arrays into the session options (``add_initializer``: onnxruntime uses the
+buffers as they are, no copy); the session is made from the structure serialised. onnxruntime insists
+that an initializer without data points at external data that exists, so each stub names an empty
+placeholder file in a private temporary folder; the data itself always comes from the lent array,
+never from that file.
 
 Small tensors (shape inputs of Reshape and the like) and non-float ones stay inline: shape inference
 reads them, and lending saves nothing there.
@@ -27,7 +27,9 @@ import onnx
 import onnxruntime as ort
 
 from bnfold.external_data import has_external_data
+from bnfold.ranks import shell
 
+EXTERNAL_FOLDER_KEY = "session.model_external_initializers_file_folder_path"  # where external data is found
 PLACEHOLDER = "bnfold-lent-weights.bin"  # an empty file; onnxruntime only checks that it exists
 LEND_MIN_BYTES = 1024
 _LENDABLE: dict[int, np.dtype] = {
@@ -52,15 +54,9 @@ def detach(model: onnx.ModelProto) -> DetachedModel | None:
     """
     if has_external_data(model):
         return None
-    structure = onnx.ModelProto()
-    for name in ("ir_version", "producer_name", "producer_version", "domain", "model_version"):
-        setattr(structure, name, getattr(model, name))
-    structure.opset_import.extend(model.opset_import)
-    structure.functions.extend(model.functions)
+    structure = shell(model)
     source, graph = model.graph, structure.graph
-    graph.name = source.name
-    for name in ("node", "input", "output", "value_info", "sparse_initializer"):
-        getattr(graph, name).extend(getattr(source, name))
+    graph.sparse_initializer.extend(source.sparse_initializer)
     arrays: dict[str, np.ndarray] = {}
     for init in source.initializer:
         array = _lendable(init)
@@ -77,7 +73,7 @@ def detach(model: onnx.ModelProto) -> DetachedModel | None:
 
 def _lendable(init: onnx.TensorProto) -> np.ndarray | None:
     dtype = _LENDABLE.get(init.data_type)
-    if dtype is None or init.data_location == onnx.TensorProto.EXTERNAL or not init.HasField("raw_data"):
+    if dtype is None or not init.HasField("raw_data"):  # (detach refuses models with external data)
         return None
     count = int(np.prod(init.dims, dtype=np.int64)) if init.dims else 1
     if count * dtype.itemsize < LEND_MIN_BYTES:
@@ -88,26 +84,17 @@ def _lendable(init: onnx.TensorProto) -> np.ndarray | None:
     return np.frombuffer(raw, dtype=dtype).reshape(tuple(init.dims))
 
 
-def session_parts(model: DetachedModel, extra_outputs: list[str], folder: str,
-                  options: ort.SessionOptions) -> tuple[bytes, list[ort.OrtValue]]:
-    """(the structure serialised with *extra_outputs* appended, the lent values to keep alive as long as
-    the session). Adds the arrays to *options* and creates the placeholder file in *folder*."""
+def lend(model: DetachedModel, folder: str, options: ort.SessionOptions) -> list[ort.OrtValue]:
+    """Lend *model*'s arrays through *options*, with the placeholder file its stubs name created in
+    *folder*. Returns the values to keep alive as long as the session."""
     open(os.path.join(folder, PLACEHOLDER), "wb").close()
-    options.add_session_config_entry("session.model_external_initializers_file_folder_path", folder)
+    options.add_session_config_entry(EXTERNAL_FOLDER_KEY, folder)
     values = []
     for name, array in model.arrays.items():
         value = ort.OrtValue.ortvalue_from_numpy(array)
         options.add_initializer(name, value)
         values.append(value)
-    outputs = model.structure.graph.output
-    present = {o.name for o in outputs}
-    added = [name for name in extra_outputs if name not in present]
-    outputs.extend(onnx.ValueInfoProto(name=name) for name in added)  # types left open: ORT infers them
-    try:
-        return model.structure.SerializeToString(), values
-    finally:
-        if added:
-            del outputs[len(outputs) - len(added):]
+    return values
 
 
 def attach(model: DetachedModel) -> onnx.ModelProto:

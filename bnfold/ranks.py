@@ -36,15 +36,22 @@ def _strip(graph: onnx.GraphProto) -> None:
             _strip(sub)
 
 
+def shell(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of *model*'s header and main graph without its initializers (nodes, inputs, outputs,
+    value_info, opsets, functions): the common start of every light copy of a model."""
+    copy = onnx.ModelProto(ir_version=model.ir_version)
+    copy.opset_import.extend(model.opset_import)
+    copy.functions.extend(model.functions)
+    copy.graph.name = model.graph.name
+    for field in ("node", "input", "output", "value_info"):
+        getattr(copy.graph, field).extend(getattr(model.graph, field))
+    return copy
+
+
 def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of *model* without large initializer data: cheap to build, enough for shape inference."""
-    skeleton = onnx.ModelProto(ir_version=model.ir_version)
-    skeleton.opset_import.extend(model.opset_import)
-    skeleton.functions.extend(model.functions)
+    skeleton = shell(model)
     src, dst = model.graph, skeleton.graph
-    dst.name = src.name
-    for field in ("node", "input", "output", "value_info"):
-        getattr(dst, field).extend(getattr(src, field))
     for init in src.initializer:
         light = dst.initializer.add(name=init.name, data_type=init.data_type, dims=init.dims)
         if init.data_location != onnx.TensorProto.EXTERNAL and init.ByteSize() <= _SKELETON_DATA_LIMIT:

@@ -23,7 +23,7 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 
-from bnfold.detached import DetachedModel, attach, detach, session_parts
+from bnfold.detached import EXTERNAL_FOLDER_KEY, DetachedModel, attach, detach, lend
 from bnfold.errors import ModelLoadError, RuntimeUnavailableError, UsageError
 
 ModelSource = onnx.ModelProto | DetachedModel | bytes | str | os.PathLike
@@ -42,9 +42,6 @@ OPT_LEVELS: dict[str, ort.GraphOptimizationLevel] = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
-
-# Lets a model serialised from memory find external data files next to the original .onnx.
-_EXTERNAL_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
 
 
 def available_providers() -> list[str]:
@@ -100,11 +97,10 @@ def _lent_session(model: DetachedModel, extra: tuple[str, ...], opt_level: str, 
                   providers: tuple[str, ...]) -> ort.InferenceSession:
     """A session that reads the model's large weights from its arrays (see :mod:`bnfold.detached`); where
     onnxruntime refuses that, one from the whole model serialised (its own error, if any, is raised)."""
-    present = {o.name for o in model.structure.graph.output}
-    _check_produced(model.structure.graph, [name for name in extra if name not in present])
+    payload = _serialise_with_outputs(model.structure, extra)
     options = _session_options(opt_level, threads)
     with tempfile.TemporaryDirectory(prefix="bnfold-lent-") as folder:
-        payload, values = session_parts(model, list(extra), folder, options)
+        values = lend(model, folder, options)
         try:
             session = ort.InferenceSession(payload, options, providers=list(providers))
         except Exception:  # onnxruntime's pybind11 errors: retried below, where a real one is reported
@@ -164,7 +160,7 @@ def _payload(model: ModelSource, extra: tuple[str, ...], options: ort.SessionOpt
         if not extra:
             return str(path)
         structure = graph if graph is not None else _load_graph(path)
-        options.add_session_config_entry(_EXTERNAL_FOLDER_KEY, str(path.resolve().parent))
+        options.add_session_config_entry(EXTERNAL_FOLDER_KEY, str(path.resolve().parent))  # data beside the .onnx
         return _with_outputs(path.read_bytes(), structure, extra)
     raise UsageError(f"expected a ModelProto, bytes or a path, got {type(model).__name__}")
 

@@ -19,7 +19,7 @@ from onnx import TensorProto, numpy_helper
 from bnfold.errors import UnsupportedModelError
 from bnfold.graph import subgraphs
 from bnfold.report import ReportMixin
-from bnfold.runtime import ModelSource, create_session
+from bnfold.runtime import ModelSource, create_session, one_line
 
 _FLOATS = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16}
 
@@ -114,7 +114,7 @@ def compare_to_truth(reference: ModelSource, candidate: ModelSource,
         truths = [evaluator.run(names, _widen(feed)) for feed in feeds]
     except Exception as exc:  # noqa: BLE001 - the evaluator raises anything; one clear line instead
         raise UnsupportedModelError(f"onnx's reference evaluator cannot run this model in float64 "
-                                    f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from None
+                                    f"({type(exc).__name__}: {one_line(exc)[:200]})") from None
     for feed, values in zip(feeds, truths, strict=True):
         truth = dict(zip(names, values, strict=True))
         runs = [dict(zip(names, s.run(names, feed), strict=True)) for s in sessions]

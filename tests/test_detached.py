@@ -1,4 +1,4 @@
-"""detach / session_parts / attach: large weights lent to onnxruntime as arrays compute what the whole model does."""
+"""detach / lend / attach: large weights lent to onnxruntime as arrays compute what the whole model does."""
 
 from __future__ import annotations
 
