@@ -49,6 +49,7 @@ in float64 then rounded once still moves outputs by ~1e-3; 1e-2 leaves headroom,
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,7 @@ import onnx
 
 from bnfold.compare import TensorComparison, Tolerance, WorstCase, compare_arrays
 from bnfold.errors import ShapeGuessError, UsageError
+from bnfold.external_data import has_external_data
 from bnfold.inputs import InputSpec, make_feeds
 from bnfold.report import SCHEMA_VERSION, ReportMixin
 from bnfold.runtime import ModelSource, create_session, load_graph, one_line
@@ -146,8 +148,8 @@ def verify(
     for value, what in ((atol, "atol"), (rtol, "rtol")):
         if value is not None and not value >= 0:
             raise UsageError(f"{what} must be >= 0, got {value}")
-    ref_model, cand_model = (known if known is not None else load_graph(source)
-                             for known, source in zip(structures, (reference, candidate), strict=True))
+    (reference, ref_model), (candidate, cand_model) = (
+        _structure(source, known) for source, known in zip((reference, candidate), structures, strict=True))
     check_same_inputs(ref_model.graph, cand_model.graph)
     feeds, specs = make_feeds(ref_model, inputs=inputs, input_shapes=input_shapes, samples=samples, seed=seed,
                               value_range=value_range)
@@ -170,6 +172,17 @@ def verify(
         _compare_sample(index, trackers, ref_values, cand_values, plan, atol, rtol)
     _rejudge(trackers, feeds, ref_session, cand_session)
     return _report(trackers, plan, specs, len(feeds), seed, provider, notes, cand_model.graph, (atol, rtol))
+
+
+def _structure(source: ModelSource, known: onnx.ModelProto | None) -> tuple[ModelSource, onnx.ModelProto]:
+    """(what to run, its structure). A file holding its weights inline is parsed whole to read the structure;
+    that parsed model is then what runs (its weights lent to onnxruntime), not the file read a second time."""
+    if known is not None:
+        return source, known
+    model = load_graph(source)
+    if isinstance(source, (str, os.PathLike, bytes, bytearray)) and not has_external_data(model):
+        return model, model
+    return source, model
 
 
 def _run_reference(session, names: list[str], feed: dict[str, np.ndarray],
