@@ -171,9 +171,7 @@ def _with_outputs(data: bytes, structure: onnx.ModelProto, extra: tuple[str, ...
     Protobuf merges a message with a second copy of a field on parsing: appending a serialised ModelProto
     whose graph holds only the new outputs yields the model with those outputs appended to graph.output.
     """
-    present = {o.name for o in structure.graph.output}
-    added = [name for name in extra if name not in present]
-    _check_produced(structure.graph, added)
+    added = _new_outputs(structure.graph, extra)
     if not added:
         return data
     fragment = onnx.ModelProto()
@@ -219,9 +217,7 @@ def _load_graph(path: Path) -> onnx.ModelProto:
 def _serialise_with_outputs(model: onnx.ModelProto, extra: tuple[str, ...]) -> bytes:
     """Serialise *model* once with *extra* appended as graph outputs, leaving *model* unchanged."""
     graph = model.graph
-    present = {o.name for o in graph.output}
-    added = [name for name in extra if name not in present]
-    _check_produced(graph, added)
+    added = _new_outputs(graph, extra)
     for name in added:
         graph.output.append(onnx.ValueInfoProto(name=name))  # type left open: onnxruntime infers it
     try:
@@ -233,11 +229,15 @@ def _serialise_with_outputs(model: onnx.ModelProto, extra: tuple[str, ...]) -> b
             del graph.output[len(graph.output) - len(added):]
 
 
-def _check_produced(graph: onnx.GraphProto, names: list[str]) -> None:
+def _new_outputs(graph: onnx.GraphProto, extra: tuple[str, ...]) -> list[str]:
+    """The names of *extra* that are not graph outputs yet; UsageError for one no node produces."""
+    present = {o.name for o in graph.output}
+    names = [name for name in extra if name not in present]
     if not names:
-        return
+        return names
     produced = {out for node in graph.node for out in node.output if out}
     produced.update(i.name for i in graph.input)
     missing = [n for n in names if n not in produced]
     if missing:
         raise UsageError(f"cannot expose {', '.join(map(repr, missing))}: no node of the main graph produces it")
+    return names
