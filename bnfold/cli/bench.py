@@ -9,10 +9,8 @@ from pathlib import Path
 import click
 
 from bnfold.atomic import require_folder, write_text_atomic
-from bnfold.cli.options import parse_input_shape
-
-_PROVIDERS = ("cpu", "cuda", "tensorrt")
-_OPT_LEVELS = ("disable", "basic", "extended", "all")
+from bnfold.bench_plan import OPT_LEVEL_NAMES, PROVIDER_NAMES
+from bnfold.cli.options import input_shape_option
 
 
 def _names(allowed: tuple[str, ...]) -> Callable[[click.Context, click.Parameter, str], tuple[str, ...]]:
@@ -38,10 +36,6 @@ def _batches(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
     return sizes
 
 
-def _shapes(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
-    return dict(parse_input_shape(v) for v in values)
-
-
 class _ProgressBar:
     """A click progress bar on stderr, opened on the first progress call (the total is known only then)."""
 
@@ -64,10 +58,10 @@ class _ProgressBar:
 @click.argument("model", type=click.Path(exists=True, dir_okay=False))
 @click.option("--compare", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Benchmark MODEL against this model instead of against MODEL folded in memory.")
-@click.option("--provider", "providers", default="cpu", show_default=True, callback=_names(_PROVIDERS),
+@click.option("--provider", "providers", default="cpu", show_default=True, callback=_names(PROVIDER_NAMES),
               metavar="LIST", help="Execution providers, comma-separated: cpu, cuda, tensorrt.")
 @click.option("--opt-level", "opt_levels", default="disable,all", show_default=True,
-              callback=_names(_OPT_LEVELS), metavar="LIST",
+              callback=_names(OPT_LEVEL_NAMES), metavar="LIST",
               help="onnxruntime graph optimization levels, comma-separated: disable, basic, extended, all.")
 @click.option("--batch", "batches", default=None, callback=_batches, metavar="LIST",
               help="Batch sizes, comma-separated, for inputs with a symbolic batch dim "
@@ -79,8 +73,7 @@ class _ProgressBar:
               help="Measured rounds per configuration (default 100 unless --duration).")
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None, metavar="S",
               help="Time budget in seconds for all measured rounds, split among configurations.")
-@click.option("--input-shape", "input_shapes", multiple=True, callback=_shapes, metavar="NAME:DIMS",
-              help="Shape for an input with symbolic dims, e.g. x:1x3x224x224 (repeatable).")
+@input_shape_option
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for the random input and bootstrap.")
 @click.option("--cuda-graph", is_flag=True, help="Capture CUDA runs into a CUDA graph (provider cuda only).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, metavar="OUT",

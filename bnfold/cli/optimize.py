@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from bnfold.bench_plan import PROVIDER_NAMES
 from bnfold.cli.optimize_file import FileOutcome, OptimizeSettings, optimize_file
 from bnfold.cli.options import input_options, rule_options
 from bnfold.cli.render import render
@@ -28,7 +29,7 @@ from bnfold.errors import ExitCode, UsageError
 @click.option("--no-metadata", is_flag=True, help="Don't record provenance in metadata_props.")
 @click.option("--atol", type=float, default=None, help="Absolute tolerance for verification.")
 @click.option("--rtol", type=float, default=None, help="Relative tolerance for verification.")
-@click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True)
+@click.option("--provider", type=click.Choice(PROVIDER_NAMES), default="cpu", show_default=True)
 @click.option("--jobs", type=click.IntRange(min=1), default=None, help="Folder mode: worker processes.")
 @click.option("--recursive", is_flag=True, help="Folder mode: descend into subfolders.")
 @click.option("-q", "--quiet", is_flag=True, help="Print errors only.")

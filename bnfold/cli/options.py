@@ -44,12 +44,15 @@ def _range_callback(_ctx: click.Context, _param: click.Parameter, value: str | N
     return parse_range(value)
 
 
+input_shape_option = click.option(
+    "--input-shape", "input_shapes", multiple=True, callback=_shapes_callback, metavar="NAME:DIMS",
+    help="Shape for an input with symbolic dims, e.g. x:1x3x224x224 (repeatable).")
+
+
 def input_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """--input-shape, --inputs, --samples, --seed, --range: how models are fed when run."""
     options = [
-        click.option("--input-shape", "input_shapes", multiple=True, callback=_shapes_callback,
-                     metavar="NAME:DIMS",
-                     help="Shape for an input with symbolic dims, e.g. x:1x3x224x224 (repeatable)."),
+        input_shape_option,
         click.option("--inputs", "inputs", type=click.Path(exists=True, dir_okay=True), default=None,
                      help="An .npz file (keys = input names) or a folder of .npz files, one sample each."),
         click.option("--samples", type=click.IntRange(min=1), default=2, show_default=True,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from bnfold.bench_plan import PROVIDER_NAMES
 from bnfold.cli.options import input_options
 from bnfold.errors import VerificationFailed
 
@@ -29,7 +30,7 @@ MAX_TENSOR_ROWS = 12  # intermediate tensors listed one by one; beyond, only the
               help="Also compare every intermediate float tensor both models share; name the first that diverges.")
 @click.option("--check-tensor", "check_tensors", multiple=True, metavar="NAME",
               help="Also compare this intermediate tensor; it counts for the verdict (repeatable).")
-@click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True)
+@click.option("--provider", type=click.Choice(PROVIDER_NAMES), default="cpu", show_default=True)
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
               help="Write the JSON report here (also when verification fails).")
 @click.option("--truth", type=click.Choice(["float64"]), default=None,
