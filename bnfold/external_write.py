@@ -16,6 +16,7 @@ from onnx import TensorProto
 
 from bnfold.external_data import EXTERNAL, holds_tensors, payload_estimate
 from bnfold.lazy_data import DataFolder
+from bnfold.stream_write import copy_fields
 
 _PAYLOAD_FIELDS = frozenset(
     {"raw_data", "float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data",
@@ -99,22 +100,6 @@ def _payload_bytes(tensor: TensorProto) -> bytes | None:
 
     field, dtype = field_dtype
     return np.asarray(getattr(tensor, field)).astype(dtype).tobytes()
-
-
-def copy_fields(source, target, *, skip: frozenset[str] = frozenset()) -> None:
-    """Copy every set field of one protobuf message onto another of the same type, except ``skip``."""
-    for descriptor, value in source.ListFields():
-        if descriptor.name in skip:
-            continue
-        repeated = getattr(descriptor, "is_repeated", None)
-        if repeated is None:  # protobuf < 5 spells it with labels
-            repeated = descriptor.label == descriptor.LABEL_REPEATED
-        if repeated:
-            getattr(target, descriptor.name).extend(value)
-        elif descriptor.message_type is not None:
-            getattr(target, descriptor.name).CopyFrom(value)
-        else:
-            setattr(target, descriptor.name, value)
 
 
 def externalize(model: onnx.ModelProto, out: BinaryIO, location: str, threshold: int,

@@ -37,42 +37,46 @@ def _length_delimited_tag(number: int) -> bytes:
     return _varint((number << 3) | 2)
 
 
+def _is_repeated(descriptor: FieldDescriptor) -> bool:
+    repeated = getattr(descriptor, "is_repeated", None)
+    if repeated is None:  # protobuf before 6 has no is_repeated: it spells it with labels
+        repeated = descriptor.label == descriptor.LABEL_REPEATED
+    return repeated
+
+
+def copy_fields(source, target, *, skip: frozenset[str] = frozenset()) -> None:
+    """Copy every set field of one protobuf message onto another of the same type, except ``skip``."""
+    for descriptor, value in source.ListFields():
+        if descriptor.name in skip:
+            continue
+        if _is_repeated(descriptor):
+            getattr(target, descriptor.name).extend(value)
+        elif descriptor.message_type is not None:
+            getattr(target, descriptor.name).CopyFrom(value)
+        else:
+            setattr(target, descriptor.name, value)
+
+
 def _header(model: onnx.ModelProto) -> bytes:
     """Every field of *model* but the graph, serialised."""
     head = onnx.ModelProto()
-    for field in model.DESCRIPTOR.fields:
-        if field.name == "graph":
-            continue
-        if field.is_repeated:
-            getattr(head, field.name).extend(getattr(model, field.name))
-        elif model.HasField(field.name):
-            if field.type == FieldDescriptor.TYPE_MESSAGE:
-                getattr(head, field.name).CopyFrom(getattr(model, field.name))
-            else:
-                setattr(head, field.name, getattr(model, field.name))
+    copy_fields(model, head, skip=frozenset({"graph"}))
     return head.SerializeToString()
 
 
 def _graph_pieces(graph: onnx.GraphProto):
-    """The graph's serialisation in field order, one repeated element (node, initializer, ...) at a time."""
-    for field in sorted(graph.DESCRIPTOR.fields, key=lambda f: f.number):
-        if field.is_repeated and field.type == FieldDescriptor.TYPE_MESSAGE:
-            tag = _length_delimited_tag(field.number)
-            for element in getattr(graph, field.name):
-                data = element.SerializeToString()
-                yield tag + _varint(len(data))
-                yield data
-        elif field.is_repeated:
-            single = onnx.GraphProto()
-            getattr(single, field.name).extend(getattr(graph, field.name))
-            yield single.SerializeToString()
-        elif graph.HasField(field.name):
-            single = onnx.GraphProto()
-            if field.type == FieldDescriptor.TYPE_MESSAGE:
-                getattr(single, field.name).CopyFrom(getattr(graph, field.name))
-            else:
-                setattr(single, field.name, getattr(graph, field.name))
-            yield single.SerializeToString()
+    """The graph's serialisation: each element of its repeated message fields (node, initializer, ...) on
+    its own, then its few other fields (name, doc_string) together."""
+    streamed = [f for f in graph.DESCRIPTOR.fields if _is_repeated(f) and f.type == FieldDescriptor.TYPE_MESSAGE]
+    for field in streamed:
+        tag = _length_delimited_tag(field.number)
+        for element in getattr(graph, field.name):
+            data = element.SerializeToString()
+            yield tag + _varint(len(data))
+            yield data
+    rest = onnx.GraphProto()
+    copy_fields(graph, rest, skip=frozenset(f.name for f in streamed))
+    yield rest.SerializeToString()
 
 
 def write_model(model: onnx.ModelProto, handle: BinaryIO) -> None:

@@ -68,3 +68,15 @@ def test_a_single_file_over_two_gigabytes_is_refused(tmp_path, monkeypatch):
     with pytest.raises(OutputWriteError, match="over 2 GB"):
         bio.save_model(models.build("resnet18"), tmp_path / "m.onnx", external_data=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_repeated_fields_are_recognised_without_is_repeated():
+    """protobuf before 6 has no FieldDescriptor.is_repeated; the label spells it there (3: repeated)."""
+    from types import SimpleNamespace
+
+    from bnfold.stream_write import _is_repeated
+
+    assert _is_repeated(onnx.GraphProto.DESCRIPTOR.fields_by_name["node"])
+    assert not _is_repeated(onnx.GraphProto.DESCRIPTOR.fields_by_name["name"])
+    assert _is_repeated(SimpleNamespace(label=3, LABEL_REPEATED=3))
+    assert not _is_repeated(SimpleNamespace(label=1, LABEL_REPEATED=3))
