@@ -8,9 +8,9 @@ levels, thread counts and error messages are the same everywhere. Two promises k
   disk, found through the model's folder) and serialised once;
 - a ``ModelProto`` (or a :class:`~bnfold.detached.DetachedModel`) is never serialised whole: its
   structure is, and its large weights are lent to onnxruntime as arrays (:mod:`bnfold.detached`);
-  only where it still reads external data files, or onnxruntime refuses the loan, is it serialised
-  once, extra outputs appended for that one serialisation and removed again, so the caller's proto is
-  left as it was (don't hand the same proto to two threads creating sessions at once).
+  only where onnxruntime refuses the loan is it serialised, once. Extra outputs are always appended
+  as a serialised fragment, so no caller's proto is ever modified. A ``ModelProto`` that still reads
+  external data files is refused: onnxruntime finds those only beside a model file, so pass its path.
 """
 
 from __future__ import annotations
@@ -147,8 +147,9 @@ def _session_options(opt_level: str, threads: int | None) -> ort.SessionOptions:
 def _payload(model: ModelSource, extra: tuple[str, ...], options: ort.SessionOptions,
              graph: onnx.ModelProto | None) -> str | bytes:
     """What to hand onnxruntime: the path itself when possible, else the serialised graph."""
-    if isinstance(model, onnx.ModelProto):
-        return _serialise_with_outputs(model, extra)
+    if isinstance(model, onnx.ModelProto):  # one that detach() refused: it reads external data files
+        raise UsageError("this model reads tensors from external data files, which onnxruntime finds only "
+                         "beside a model file: pass the model's path instead")
     if isinstance(model, (bytes, bytearray)):
         if not extra:
             return bytes(model)
@@ -215,18 +216,12 @@ def _load_graph(path: Path) -> onnx.ModelProto:
 
 
 def _serialise_with_outputs(model: onnx.ModelProto, extra: tuple[str, ...]) -> bytes:
-    """Serialise *model* once with *extra* appended as graph outputs, leaving *model* unchanged."""
-    graph = model.graph
-    added = _new_outputs(graph, extra)
-    for name in added:
-        graph.output.append(onnx.ValueInfoProto(name=name))  # type left open: onnxruntime infers it
+    """*model* serialised once, with *extra* as graph outputs; *model* itself is not touched."""
     try:
-        return model.SerializeToString()
+        data = model.SerializeToString()
     except ValueError as exc:  # protobuf's 2 GiB limit
         raise ModelLoadError(f"model too large to serialise ({one_line(exc)}); save it with external data") from None
-    finally:
-        if added:
-            del graph.output[len(graph.output) - len(added):]
+    return _with_outputs(data, model, extra)
 
 
 def _new_outputs(graph: onnx.GraphProto, extra: tuple[str, ...]) -> list[str]:

@@ -104,3 +104,13 @@ def test_invalid_models_raise_one_line_load_errors(model, tmp_path):
 
 def test_sessions_are_plain_onnxruntime_sessions(model):
     assert isinstance(create_session(model), ort.InferenceSession)
+
+
+def test_a_proto_still_reading_external_data_is_refused_with_the_way_out(model, tmp_path):
+    from bnfold.io import load_model
+
+    onnx.save(model, tmp_path / "m.onnx", save_as_external_data=True, location="m.data", size_threshold=0)
+    lazy = load_model(tmp_path / "m.onnx", load_external_data=False)
+    with pytest.raises(UsageError, match="pass the model's path"):
+        create_session(lazy)
+    assert create_session(tmp_path / "m.onnx").run(None, FEED)[0].shape == (2, 4, 4, 4)
