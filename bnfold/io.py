@@ -101,7 +101,7 @@ def model_folder(path: str | os.PathLike) -> Path:
 
 def uses_external_data(path: str | os.PathLike) -> bool:
     """Whether the model file at ``path`` keeps tensors in external data files (their data is not read)."""
-    return has_external_data(load_model(path, load_external_data=False))
+    return load_model_and_layout(path, load_external_data=False)[1]
 
 
 def _read_model_file(path: Path) -> bytes:
@@ -128,7 +128,7 @@ def _parse(path: Path, data: bytes) -> onnx.ModelProto:
     try:
         model.ParseFromString(data)
     except (DecodeError, ValueError, RuntimeWarning):
-        hint = " (over protobuf's 2 GB limit?)" if len(data) >= 2**31 else " (truncated, or not an .onnx file)"
+        hint = " (over protobuf's 2 GB limit?)" if len(data) >= PROTOBUF_LIMIT else " (truncated, or not an .onnx file)"
         raise ModelLoadError(f"not an ONNX model: {path} does not parse as an ONNX protobuf{hint}") from None
     return model
 
@@ -240,14 +240,15 @@ def save_model(
     if lazy:
         _check_lazy_save(model, path, external_data, source_folder)
         external_data = True
-    if external_data is None:
+    chosen = external_data is None  # then a single file is chosen only below SINGLE_FILE_LIMIT
+    if chosen:
         external_data = serialized is None and model_bytes_size(model) > SINGLE_FILE_LIMIT
     if external_data:
         _save_with_external_data(model, path, DataFolder(source_folder) if lazy else None)
         return
     if serialized is not None:
         atomic_write(path, lambda handle: handle.write(serialized))
-    elif model_bytes_size(model) >= PROTOBUF_LIMIT:  # protobuf could never read such a file back
+    elif not chosen and model_bytes_size(model) >= PROTOBUF_LIMIT:  # protobuf could never read it back
         raise OutputWriteError(f"cannot write {path} as a single file (over 2 GB); save it with external data")
     else:  # piece by piece: no second, model-sized copy in memory (bnfold.stream_write)
         atomic_write(path, lambda handle: write_model(model, handle))
