@@ -268,7 +268,7 @@ class GraphIndex:
             producer = self.producer.get(name)
             if producer is not None and producer.op_type == "Constant":
                 del producer.attribute[:]
-                producer.attribute.append(onnx.helper.make_attribute("value", numpy_helper.from_array(value)))
+                assign_array(producer.attribute.add(name="value", type=onnx.AttributeProto.TENSOR).t, value, "")
                 return self._remember(name, precise)
         new_name = self.add_initializer(value, f"{node.name or node.output[0]}_{role}")
         self._remember(new_name, precise)
