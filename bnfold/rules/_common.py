@@ -8,7 +8,7 @@ import onnx
 
 from bnfold import fold_math
 from bnfold.constants import attribute_values
-from bnfold.graph import GraphIndex, input_name, is_float_dtype
+from bnfold.graph import FLOAT_DTYPES, GraphIndex, input_name, is_float_dtype
 from bnfold.reasons import Reason
 from bnfold.rules.base import Plan, Refusal
 
@@ -82,10 +82,18 @@ def feeds_chain(g: GraphIndex, tensor: str) -> bool:
     return any(reader.op_type in CHAIN_OPS for reader in g.readers(tensor))
 
 
-def keep_precise(g: GraphIndex, plan: Plan, output: str) -> dict[int, np.ndarray]:
-    """The float64 values worth remembering: only where *output* feeds a chain, so a plain
-    Conv -> BN -> Relu keeps no float64 copy of its weights alive."""
-    return plan.precise if feeds_chain(g, output) else {}
+def for_chain(g: GraphIndex, output: str, precise: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+    """The float64 values a plan keeps: only where *output* feeds a chain (a later fold into the same
+    weights reads them), so a plain Conv -> BN -> Relu keeps no float64 copy of its weights alive."""
+    return precise if feeds_chain(g, output) else {}
+
+
+def write_constants(g: GraphIndex, node: onnx.NodeProto, plan: Plan) -> None:
+    """Write the plan's folded constants into *node*'s inputs (negative slots are not inputs of *node*:
+    the rule writes those itself), each with the float64 value the plan keeps for it."""
+    for slot, (value, role) in sorted(plan.constants.items()):
+        if slot >= 0:
+            g.set_constant_input(node, slot, value, role, plan.precise.get(slot))
 
 
 def rounded(values: np.ndarray, dtype: np.dtype, what: str, **underflow_check) -> np.ndarray | Refusal:
@@ -100,7 +108,7 @@ def rounded(values: np.ndarray, dtype: np.dtype, what: str, **underflow_check) -
     return out
 
 
-def output_channels(g: GraphIndex, node: onnx.NodeProto, weight: np.ndarray) -> int:
+def output_channels(node: onnx.NodeProto, weight: np.ndarray) -> int:
     """Number of output channels of a Conv / ConvTranspose / Gemm given its weight."""
     attrs = attribute_values(node)
     if node.op_type == "ConvTranspose":
@@ -118,12 +126,13 @@ def plan_producer_fold(g: GraphIndex, producer: onnx.NodeProto, anchor: onnx.Nod
     if isinstance(found, Refusal):
         return found
     weight, bias = found
-    channels = output_channels(g, producer, weight)
+    channels = output_channels(producer, weight)
     w_in, b_in = g.exact(producer.input[1], weight), g.exact(input_name(producer, 2), bias)
     if scale.shape != (channels,):
         return Refusal(Reason.SHAPE_MISMATCH, f"{scale.shape[0]} scale values for {channels} channels")
     attrs = attribute_values(producer)
-    if producer.op_type == "Conv" and weight.dtype in _BLOCKWISE and not feeds_chain(g, anchor.output[0]):
+    chained = feeds_chain(g, anchor.output[0])
+    if producer.op_type == "Conv" and weight.dtype in FLOAT_DTYPES and not chained:
         return _plan_conv_blockwise(producer, anchor, weight, w_in, b_in, scale, shift)
     if producer.op_type == "Conv":
         w64, b64 = fold_math.fold_into_conv(w_in, b_in, scale, shift)
@@ -135,10 +144,8 @@ def plan_producer_fold(g: GraphIndex, producer: onnx.NodeProto, anchor: onnx.Nod
         trans_b = bool(attrs.get("transB", 0))
         w64, b64 = fold_math.fold_into_gemm(w_in, b_in, scale, shift, trans_b=trans_b, beta=attrs.get("beta", 1.0))
         channel_axis = 0 if trans_b else 1
-    return _plan_from_folded(producer, anchor, weight, w64, b64, scale, channel_axis)
-
-
-_BLOCKWISE = frozenset({np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)})
+    return _plan_from_folded(producer, anchor, weight, w64, b64, scale, channel_axis,
+                             {1: w64, 2: b64} if chained else {})
 
 
 def _plan_conv_blockwise(producer, anchor, weight, w_in, b_in, scale, shift) -> Plan | Refusal:
@@ -171,14 +178,14 @@ def _rounded_conv_transpose(weight, w64, scale, group: int) -> np.ndarray | Refu
     return out.reshape(group, per_group, c_in // group, -1).transpose(0, 2, 1, 3).reshape(weight.shape)
 
 
-def _plan_from_folded(producer, anchor, weight, w64, b64, scale, channel_axis) -> Plan | Refusal:
+def _plan_from_folded(producer, anchor, weight, w64, b64, scale, channel_axis, precise) -> Plan | Refusal:
     if producer.op_type == "ConvTranspose":
         new_w = _rounded_conv_transpose(weight, w64, scale, attribute_values(producer).get("group", 1))
     else:
         new_w = rounded(w64, weight.dtype, "weight", reference=weight, scale=scale, channel_axis=channel_axis)
     if isinstance(new_w, Refusal):
         return new_w
-    return _producer_plan(producer, anchor, new_w, b64, {1: w64, 2: b64})
+    return _producer_plan(producer, anchor, new_w, b64, precise)
 
 
 def _producer_plan(producer, anchor, new_w: np.ndarray, b64: np.ndarray, precise: dict) -> Plan | Refusal:
@@ -195,9 +202,7 @@ def _producer_plan(producer, anchor, new_w: np.ndarray, b64: np.ndarray, precise
 def rewrite_producer_fold(g: GraphIndex, plan: Plan) -> None:
     """Write the folded constants, hand the anchor's output name to the producer, drop the anchor."""
     producer = plan.target
-    precise = keep_precise(g, plan, plan.anchor.output[0])
-    for slot, (value, role) in sorted(plan.constants.items()):
-        g.set_constant_input(producer, slot, value, role, precise.get(slot))
+    write_constants(g, producer, plan)
     if producer.op_type == "Gemm":
         _set_float_attribute(producer, "beta", 1.0)
     producer.output[0] = plan.anchor.output[0]

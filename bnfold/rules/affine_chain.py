@@ -63,7 +63,7 @@ class AffineChainRule:
         if not weight.ok:
             return Refusal(weight.reason or Reason.WEIGHT_NOT_CONSTANT, producer.input[1])
         rank = 2 if producer.op_type == "Gemm" else weight.value.ndim
-        vector = per_channel(const, rank, output_channels(g, producer, weight.value))
+        vector = per_channel(const, rank, output_channels(producer, weight.value))
         if isinstance(vector, Refusal):
             return vector
         with np.errstate(divide="ignore"):  # x / 0 gives inf here; rounding refuses it as FOLD_OVERFLOW

@@ -22,7 +22,7 @@ from bnfold import fold_math
 from bnfold.constants import attribute_values
 from bnfold.graph import input_name
 from bnfold.reasons import Reason
-from bnfold.rules._common import bn_affine, keep_precise, rounded, weights
+from bnfold.rules._common import bn_affine, for_chain, rounded, weights, write_constants
 from bnfold.rules.base import Plan, Refusal
 
 
@@ -74,14 +74,12 @@ class BnConvRule:
             if isinstance(value, Refusal):
                 return value
         return Plan(anchor=bn, target=conv, constants={1: (new_w, "weight"), 2: (new_b, "bias")},
-                    precise={1: w64, 2: b64},
+                    precise=for_chain(g, conv.output[0], {1: w64, 2: b64}),
                     surviving_output=conv.output[0], removed_tensors={z: None})
 
     def rewrite(self, g, plan: Plan) -> None:
         conv, bn = plan.target, plan.anchor
-        precise = keep_precise(g, plan, conv.output[0])
-        for slot, (value, role) in sorted(plan.constants.items()):
-            g.set_constant_input(conv, slot, value, role, precise.get(slot))
+        write_constants(g, conv, plan)
         conv.input[0] = bn.input[0]
         g.remove_node(bn)
 

@@ -20,7 +20,7 @@ import onnx
 
 from bnfold import fold_math
 from bnfold.reasons import Reason
-from bnfold.rules._common import bn_affine, keep_precise, rounded, sole_producer
+from bnfold.rules._common import bn_affine, for_chain, rounded, sole_producer, write_constants
 from bnfold.rules.base import Plan, Refusal
 
 
@@ -50,7 +50,7 @@ class MatMulBnRule:
             if isinstance(value, Refusal):
                 return value
         return Plan(anchor=bn, target=matmul, constants={slot: (new_w, "weight"), -1: (bias, "bias")},
-                    precise={slot: w64},
+                    precise=for_chain(g, bn.output[0], {slot: w64}),
                     surviving_output=bn.output[0], removed_tensors={})
 
     @staticmethod
@@ -74,8 +74,7 @@ class MatMulBnRule:
 
     def rewrite(self, g, plan: Plan) -> None:
         matmul, bn = plan.target, plan.anchor
-        slot = next(s for s in plan.constants if s >= 0)
-        g.set_constant_input(matmul, slot, *plan.constants[slot], keep_precise(g, plan, bn.output[0]).get(slot))
+        write_constants(g, matmul, plan)
         bias_name = g.add_initializer(plan.constants[-1][0], f"{bn.name or bn.output[0]}_bias")
         # the BN node becomes the Add in place: same position, name and output
         bn.CopyFrom(onnx.helper.make_node("Add", [bn.input[0], bias_name], [bn.output[0]], name=bn.name))
