@@ -130,12 +130,14 @@ def affine_of_op(op: str, const, *, const_first: bool) -> tuple[np.ndarray, np.n
 
 
 def cast_checked(values: np.ndarray, dtype: np.dtype, *, reference: np.ndarray | None = None,
-                 scale: np.ndarray | None = None, channel_axis: int = 0) -> tuple[np.ndarray | None, str | None]:
+                 scale: np.ndarray | None = None, channel_axis: int = 0,
+                 group: int | None = None) -> tuple[np.ndarray | None, str | None]:
     """Round float64 *values* once to *dtype*. Returns (array, None) or (None, "overflow"|"underflow").
 
     Overflow: any value is not finite after rounding (a finite value that became inf, or an inf/NaN the
-    float64 arithmetic already produced, e.g. division by zero). Underflow: a channel (along
-    *channel_axis*) whose *reference* weights and *scale* are non-zero rounds to all zeros.
+    float64 arithmetic already produced, e.g. division by zero). Underflow: an output channel (along
+    *channel_axis*, or in the ConvTranspose layout when *group* is given; see :func:`channel_nonzero`)
+    whose *reference* weights and *scale* are non-zero rounds to all zeros.
     Each check is one pass over the rounded array; the reference is read only if a channel is all zero.
     """
     with np.errstate(over="ignore", under="ignore", invalid="ignore"):
@@ -143,11 +145,29 @@ def cast_checked(values: np.ndarray, dtype: np.dtype, *, reference: np.ndarray |
     if not np.isfinite(rounded).all():
         return None, "overflow"
     if reference is not None and scale is not None and rounded.ndim:
-        moved = np.moveaxis(rounded, channel_axis, 0).reshape(rounded.shape[channel_axis], -1)
-        now = moved.any(axis=1)
-        if not now.all():
-            ref = np.moveaxis(np.asarray(reference), channel_axis, 0).reshape(len(now), -1)
-            had = ref.any(axis=1) & (np.asarray(scale) != 0)
-            if np.any(had & ~now):
-                return None, "underflow"
+        now = channel_nonzero(rounded, channel_axis, group)
+        if lost_channels(now, reference, scale, channel_axis, group):
+            return None, "underflow"
     return rounded, None
+
+
+def channel_nonzero(a: np.ndarray, axis: int = 0, group: int | None = None) -> np.ndarray:
+    """Whether each output channel of weight *a* holds a non-zero value, without copying *a*.
+
+    Channels lie on *axis*; with *group* (ConvTranspose), *a* is [C_in, C_out/g, k...] and output channel
+    g * (C_out/g) + j is column j of group g's rows.
+    """
+    if group is not None:
+        return a.reshape(group, a.shape[0] // group, a.shape[1], -1).any(axis=(1, 3)).reshape(-1)
+    others = tuple(i for i in range(a.ndim) if i != axis)
+    return a.any(axis=others) if others else a != 0
+
+
+def lost_channels(now: np.ndarray, reference: np.ndarray, scale: np.ndarray, axis: int = 0,
+                  group: int | None = None) -> bool:
+    """Whether a channel that had non-zero weights and a non-zero scale is all zero *now* (rounding wiped
+    it out). The *reference* weight is read only when some channel is zero now."""
+    if now.all():
+        return False
+    had = channel_nonzero(np.asarray(reference), axis, group) & (np.asarray(scale) != 0)
+    return bool(np.any(had & ~now))

@@ -262,3 +262,27 @@ def test_blockwise_fold_reports_overflow():
     weight = np.full((2, 3), 60000.0, dtype=np.float16)
     rounded, _ = fold_math.scale_rows_rounded(weight, np.array([1.0, 2.0]), np.dtype(np.float16))
     assert rounded is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(group=st.sampled_from([1, 2, 4]), per_group=st.integers(1, 3), c_in_per_group=st.integers(1, 3),
+       seed=st.integers(0, 2**16))
+def test_channel_nonzero_follows_conv_transpose_output_channels(group, per_group, c_in_per_group, seed):
+    """Output channel g * (C_out/g) + j of a ConvTranspose weight [C_in, C_out/g, k, k] is column j of group
+    g's rows: spelled out channel by channel here, against the copy-free reshape."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((group * c_in_per_group, per_group, 2, 2)) * (rng.random((group * c_in_per_group,
+                                                                                        per_group, 1, 1)) < 0.5)
+    expected = [bool(w[g * c_in_per_group:(g + 1) * c_in_per_group, j].any())
+                for g in range(group) for j in range(per_group)]
+    assert fold_math.channel_nonzero(w, group=group).tolist() == expected
+
+
+def test_channel_nonzero_on_any_axis_and_lost_channels():
+    w = np.array([[0.0, 1.0, 0.0], [0.0, 2.0, 3.0]])
+    assert fold_math.channel_nonzero(w, 1).tolist() == [False, True, True]
+    assert fold_math.channel_nonzero(w, 0).tolist() == [True, True]
+    now = np.array([False, True, True])
+    assert not fold_math.lost_channels(now, w, np.ones(3), 1)  # channel 0 had nothing to lose
+    assert fold_math.lost_channels(np.array([True, False, True]), w, np.ones(3), 1)
+    assert not fold_math.lost_channels(np.array([True, False, True]), w, np.array([1.0, 0.0, 1.0]), 1)

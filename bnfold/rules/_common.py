@@ -136,16 +136,19 @@ def plan_producer_fold(g: GraphIndex, producer: onnx.NodeProto, anchor: onnx.Nod
         return _plan_conv_blockwise(producer, anchor, weight, w_in, b_in, scale, shift)
     if producer.op_type == "Conv":
         w64, b64 = fold_math.fold_into_conv(w_in, b_in, scale, shift)
-        channel_axis = 0
+        layout = {"channel_axis": 0}
     elif producer.op_type == "ConvTranspose":
-        w64, b64 = fold_math.fold_into_conv_transpose(w_in, b_in, scale, shift, attrs.get("group", 1))
-        channel_axis = 1  # unused: underflow is judged per output channel in _rounded_conv_transpose
+        group = attrs.get("group", 1)
+        w64, b64 = fold_math.fold_into_conv_transpose(w_in, b_in, scale, shift, group)
+        layout = {"group": group}  # output channels in the [C_in, C_out/g, k...] layout
     else:
         trans_b = bool(attrs.get("transB", 0))
         w64, b64 = fold_math.fold_into_gemm(w_in, b_in, scale, shift, trans_b=trans_b, beta=attrs.get("beta", 1.0))
-        channel_axis = 0 if trans_b else 1
-    return _plan_from_folded(producer, anchor, weight, w64, b64, scale, channel_axis,
-                             {1: w64, 2: b64} if chained else {})
+        layout = {"channel_axis": 0 if trans_b else 1}
+    new_w = rounded(w64, weight.dtype, "weight", reference=weight, scale=scale, **layout)
+    if isinstance(new_w, Refusal):
+        return new_w
+    return _producer_plan(producer, anchor, new_w, b64, {1: w64, 2: b64} if chained else {})
 
 
 def _plan_conv_blockwise(producer, anchor, weight, w_in, b_in, scale, shift) -> Plan | Refusal:
@@ -154,38 +157,9 @@ def _plan_conv_blockwise(producer, anchor, weight, w_in, b_in, scale, shift) -> 
     new_w, nonzero = fold_math.scale_rows_rounded(w_in, scale, weight.dtype)
     if new_w is None:
         return Refusal(Reason.FOLD_OVERFLOW, f"weight overflows {weight.dtype.name} (or is not finite)")
-    if not nonzero.all():
-        had = weight.reshape(weight.shape[0], -1).any(axis=1) & (scale != 0)
-        if np.any(had & ~nonzero):
-            return Refusal(Reason.FOLD_UNDERFLOW, f"weight underflows {weight.dtype.name}")
+    if fold_math.lost_channels(nonzero, weight, scale):
+        return Refusal(Reason.FOLD_UNDERFLOW, f"weight underflows {weight.dtype.name}")
     return _producer_plan(producer, anchor, new_w, fold_math.conv_bias(b_in, scale, shift), {})
-
-
-def _by_output_channel(w: np.ndarray, group: int) -> np.ndarray:
-    """ConvTranspose weight [C_in, C_out/g, k...] viewed as [C_out, (C_in/g)*k]: output channel first."""
-    c_in, per_group = w.shape[0], w.shape[1]
-    return w.reshape(group, c_in // group, per_group, -1).transpose(0, 2, 1, 3).reshape(group * per_group, -1)
-
-
-def _rounded_conv_transpose(weight, w64, scale, group: int) -> np.ndarray | Refusal:
-    """Round a folded ConvTranspose weight, judging underflow per output channel (which spans one column
-    of one group's rows), then restore the [C_in, C_out/g, k...] layout."""
-    out = rounded(_by_output_channel(w64, group), weight.dtype, "weight",
-                  reference=_by_output_channel(weight, group), scale=scale, channel_axis=0)
-    if isinstance(out, Refusal):
-        return out
-    c_in, per_group = weight.shape[0], weight.shape[1]
-    return out.reshape(group, per_group, c_in // group, -1).transpose(0, 2, 1, 3).reshape(weight.shape)
-
-
-def _plan_from_folded(producer, anchor, weight, w64, b64, scale, channel_axis, precise) -> Plan | Refusal:
-    if producer.op_type == "ConvTranspose":
-        new_w = _rounded_conv_transpose(weight, w64, scale, attribute_values(producer).get("group", 1))
-    else:
-        new_w = rounded(w64, weight.dtype, "weight", reference=weight, scale=scale, channel_axis=channel_axis)
-    if isinstance(new_w, Refusal):
-        return new_w
-    return _producer_plan(producer, anchor, new_w, b64, precise)
 
 
 def _producer_plan(producer, anchor, new_w: np.ndarray, b64: np.ndarray, precise: dict) -> Plan | Refusal:
