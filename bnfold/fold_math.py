@@ -70,8 +70,7 @@ def fold_into_conv_transpose(weight, bias, scale, shift, group: int) -> tuple[np
     c_in, c_per_group = w.shape[0], w.shape[1]
     grouped = w.reshape((group, c_in // group, c_per_group) + w.shape[2:])
     s = scale.reshape((group, 1, c_per_group) + (1,) * (w.ndim - 2))
-    b = np.zeros(group * c_per_group, dtype=F64) if bias is None else np.asarray(bias, dtype=F64)
-    return (grouped * s).reshape(w.shape), b * scale + shift
+    return (grouped * s).reshape(w.shape), conv_bias(bias, scale, shift)
 
 
 def fold_into_gemm(b_matrix, c, scale, shift, *, trans_b: bool, beta: float) -> tuple[np.ndarray, np.ndarray]:
@@ -82,8 +81,9 @@ def fold_into_gemm(b_matrix, c, scale, shift, *, trans_b: bool, beta: float) -> 
     """
     b = np.asarray(b_matrix, dtype=F64)
     b_scaled = b * (scale[:, None] if trans_b else scale[None, :])
-    c64 = np.zeros(1, dtype=F64) if c is None else np.asarray(c, dtype=F64)
-    return b_scaled, F64(beta) * c64 * scale + shift if c is not None else shift.copy()
+    if c is None:
+        return b_scaled, shift.copy()
+    return b_scaled, F64(beta) * np.asarray(c, dtype=F64) * scale + shift
 
 
 def fold_into_matmul(weight, scale, shift, *, channel_axis: int) -> tuple[np.ndarray, np.ndarray]:

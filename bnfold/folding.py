@@ -8,6 +8,7 @@ to revert exactly the folds that failed.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -77,10 +78,10 @@ def graph_indexes(model: onnx.ModelProto, data: DataFolder | None = None) -> Ite
     """Indexes for the main graph and every subgraph, parents before children. ``data``: where a lazily
     loaded model's external initializers live (see ``bnfold.lazy_data``)."""
     names, ranks, opset, precise = NameAllocator(model), RankOracle(model), ai_onnx_opset(model), {}
-    pending = [GraphIndex(model.graph, label="main", opset=opset, names=names, ranks=ranks, precise=precise,
-                          data=data)]
+    pending = deque([GraphIndex(model.graph, label="main", opset=opset, names=names, ranks=ranks,
+                                precise=precise, data=data)])
     while pending:
-        index = pending.pop(0)
+        index = pending.popleft()
         yield index
         for node in index.graph.node:
             for attr_name, sub in subgraphs(node):

@@ -50,7 +50,7 @@ class BnConvRule:
         if g.is_graph_output(z):
             return Refusal(Reason.BN_OUTPUT_IS_GRAPH_OUTPUT, z)
         conv = convs[0]
-        if len(readers) > 1 or list(conv.input).count(z) != 1:
+        if not g.only_reader(z, conv):  # (z is no graph output: refused just above)
             return Refusal(Reason.BN_HAS_OTHER_CONSUMERS, f"{z} read by {len(readers)} nodes")
         if conv.input[0] != z:
             return None
