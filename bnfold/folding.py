@@ -100,32 +100,43 @@ def fold_model(model: onnx.ModelProto, rules: Sequence[Rule], *, disabled: Seque
 
 
 def _fold_graph(g: GraphIndex, rules, disabled, exclude, outcome: FoldOutcome) -> None:
+    unfolded: list[tuple[onnx.NodeProto, str, list[tuple[str, Refusal]]]] = []
     for _ in range(MAX_PASSES):
         outcome.passes += 1
-        refused: list[RefusedSite] = []
+        unfolded = []
         changed = False
         for node in list(g.graph.node):
             if not _still_in_graph(g, node):
                 continue
             key = site_key(g.label, node)
-            rule, result = _first_plan(g, node, rules, disabled, exclude, key)
+            rule, result = _first_plan(g, node, rules, exclude, key)
             if isinstance(result, Plan):
                 _apply(g, rule, result, key, outcome)
                 changed = True
-            elif result is not None:
-                refused.append(result)
+            else:
+                unfolded.append((node, key, result))
         g.flush()
         if not changed:
-            outcome.refused.extend(refused)
-            return
-    outcome.refused.extend(refused)
+            break
+    # Why the last pass left what it left. Disabled rules are asked only now, once: a fold they would make
+    # is reported, never applied, so asking on every pass would only repeat their work.
+    for node, key, attempts in unfolded:
+        if not _still_in_graph(g, node):
+            continue
+        for rule in disabled:
+            if node.op_type in rule.anchor_ops and isinstance(rule.match(g, node), Plan):
+                attempts.append((rule.name, Refusal(Reason.RULE_DISABLED, f"rule {rule.name} is disabled")))
+        site = _refusal(g, node, attempts, key)
+        if site is not None:
+            outcome.refused.append(site)
 
 
 def _still_in_graph(g: GraphIndex, node: onnx.NodeProto) -> bool:
     return any(out and g.producer.get(out) is node for out in node.output)
 
 
-def _first_plan(g, node, rules, disabled, exclude, key) -> tuple[Rule | None, Plan | RefusedSite | None]:
+def _first_plan(g, node, rules, exclude, key) -> tuple[Rule | None, Plan | list[tuple[str, Refusal]]]:
+    """The first enabled rule's plan for *node*, or the refusals of every rule that was asked."""
     attempts: list[tuple[str, Refusal]] = []
     for rule in rules:
         if node.op_type not in rule.anchor_ops:
@@ -137,10 +148,7 @@ def _first_plan(g, node, rules, disabled, exclude, key) -> tuple[Rule | None, Pl
             result = Refusal(Reason.REVERTED_BY_VERIFICATION, "reverted after failing verification")
         if isinstance(result, Refusal):
             attempts.append((rule.name, result))
-    for rule in disabled:
-        if node.op_type in rule.anchor_ops and isinstance(rule.match(g, node), Plan):
-            attempts.append((rule.name, Refusal(Reason.RULE_DISABLED, f"rule {rule.name} is disabled")))
-    return None, _refusal(g, node, attempts, key)
+    return None, attempts
 
 
 def _refusal(g: GraphIndex, node, attempts, key) -> RefusedSite | None:
