@@ -225,17 +225,11 @@ def _compare_sample(index: int, trackers: dict[str, WorstCase], ref: dict[str, n
                     cand: dict[str, np.ndarray], plan: TensorPlan, atol: float | None, rtol: float | None) -> None:
     for name in plan.outputs + plan.extra:
         r = ref[name]
-        if name in plan.per_layer and not _is_float(r):
-            continue  # per-layer looks at float activations only; shapes and indices are not folded
-        tracker = trackers.get(name)
-        if tracker is None:
-            tracker = trackers[name] = WorstCase(name, r.dtype.name, tuple(r.shape), _tolerance(r.dtype, atol, rtol))
-        if tracker.note is not None:
+        tracker = _tracker(trackers, name, r, plan, atol, rtol)
+        if tracker is None or tracker.note is not None:
             continue
-        if name in plan.missing:
+        if name in plan.missing:  # every other name was asked of the candidate, so it is in *cand*
             tracker.note = "missing from the candidate's outputs"
-        elif name not in cand:
-            tracker.note = "not produced by the candidate"
         elif cand[name].shape != r.shape:
             tracker.note = f"shape differs: reference {tuple(r.shape)}, candidate {tuple(cand[name].shape)}"
         elif cand[name].dtype != r.dtype:
@@ -260,13 +254,22 @@ def _rejudge(trackers: dict[str, WorstCase], feeds: Sequence[dict[str, np.ndarra
             tracker.add(index, compare_arrays(r, c, tracker.tolerance, tracker.channel_magnitude))
 
 
+def _tracker(trackers: dict[str, WorstCase], name: str, r: np.ndarray, plan: TensorPlan, atol: float | None,
+             rtol: float | None) -> WorstCase | None:
+    """The worst-case record of tensor *name* (made on first sight); None for a per-layer tensor that is
+    not a float activation (shapes and indices are not folded, so not compared)."""
+    if name in plan.per_layer and not _is_float(r):
+        return None
+    if name not in trackers:
+        trackers[name] = WorstCase(name, r.dtype.name, tuple(r.shape), _tolerance(r.dtype, atol, rtol))
+    return trackers[name]
+
+
 def _fail_all(trackers: dict[str, WorstCase], ref: dict[str, np.ndarray], plan: TensorPlan, note: str) -> None:
     for name in plan.outputs + plan.extra:
-        r = ref[name]
-        if name in plan.per_layer and not _is_float(r):
-            continue
-        tracker = trackers.setdefault(name, WorstCase(name, r.dtype.name, tuple(r.shape), EXACT))
-        tracker.note = tracker.note or note
+        tracker = _tracker(trackers, name, ref[name], plan, None, None)
+        if tracker is not None:
+            tracker.note = tracker.note or note
 
 
 def _report(trackers: dict[str, WorstCase], plan: TensorPlan, specs: Sequence[InputSpec], samples: int, seed: int,
