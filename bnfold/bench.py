@@ -81,8 +81,12 @@ def benchmark(
     plan = make_plan(providers, opt_levels, batches, threads=threads, warmup=warmup, iterations=iterations,
                      duration=duration, default_iterations=DEFAULT_ITERATIONS, seed=seed,
                      cuda_graph=cuda_graph)
-    variants = prepare_variants(model, compare)
-    results, comparisons, skipped = _run_configs(variants, plan, input_shapes, progress)
+    configs, skipped = plan.runnable_configs()
+    if configs:  # only then is the model worth loading (and folding)
+        variants = prepare_variants(model, compare)
+        results, comparisons, skipped = _run_configs(variants, plan, configs, skipped, input_shapes, progress)
+    else:
+        results, comparisons = [], []
     if not results:
         reasons = "; ".join(f"{s.provider}: {s.reason}" for s in skipped) or "no configuration requested"
         raise RuntimeUnavailableError(f"nothing could be benchmarked ({reasons})")
@@ -96,10 +100,11 @@ def benchmark(
     )
 
 
-def _run_configs(variants: Variants, plan: Plan, input_shapes, progress: Progress | None
+def _run_configs(variants: Variants, plan: Plan, configs: list[Config], skipped: list[SkippedProvider],
+                 input_shapes, progress: Progress | None
                  ) -> tuple[list[BenchResult], list[BenchComparison], list[SkippedProvider]]:
     """Measure every runnable configuration in turn; a provider that fails to start is skipped from then on."""
-    configs, skipped = plan.runnable_configs()
+    skipped = list(skipped)
     results: list[BenchResult] = []
     comparisons: list[BenchComparison] = []
     feeds: dict[int | None, tuple[dict[str, np.ndarray], int]] = {}

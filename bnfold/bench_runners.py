@@ -16,8 +16,6 @@ import numpy as np
 
 # The CUDA EP's provider option that captures the run into a CUDA graph once and replays it.
 CUDA_GRAPH_OPTION = "enable_cuda_graph"
-# Session config key that lets idle intra-op threads spin-wait (see create_bench_session for why it is off).
-SPINNING_KEY = "session.intra_op.allow_spinning"
 DEVICE_PROVIDERS = frozenset({"cuda", "tensorrt"})
 
 
@@ -113,28 +111,20 @@ def create_bench_session(model: bytes | str, *, provider: str, opt_level: str, t
                          cuda_graph: bool = False):
     """An onnxruntime session set up for A/B timing; raises RuntimeUnavailableError when *provider* can't run.
 
-    Two things differ from ``bnfold.runtime.create_session``, which takes neither option:
-
-    - intra-op threads do not spin-wait after a run. Two sessions alternate here; a spinning thread pool
-      of one steals cores from the other's next run, which on a 2-core machine tripled the noise of an
-      A/A comparison (95% CI half-width 6.6% vs 0.9% on EfficientNet-B0) and biased whichever ran second;
-    - ``cuda_graph`` turns on the CUDA EP's graph capture (every node must then run on the CUDA EP;
-      onnxruntime's refusal is reported as the configuration being unavailable).
+    Options and providers as ``bnfold.runtime`` makes them everywhere (among them: intra-op threads that
+    do not spin-wait after a run, which matters most here: two sessions alternate, and a spinning thread
+    pool of one steals cores from the other's next run; on a 2-core machine that tripled the noise of an
+    A/A comparison, 95% CI half-width 6.6% vs 0.9% on EfficientNet-B0). What only a benchmark needs:
+    ``cuda_graph`` turns on the CUDA EP's graph capture (every node must then run on the CUDA EP;
+    onnxruntime's refusal is reported as the configuration being unavailable).
     """
     import onnxruntime as ort
 
     from bnfold.errors import ModelLoadError, RuntimeUnavailableError
-    from bnfold.runtime import OPT_LEVELS, PROVIDERS, one_line
+    from bnfold.runtime import one_line, providers_for, session_options
 
-    wanted = PROVIDERS[provider]
-    if wanted[0] not in ort.get_available_providers():
-        raise RuntimeUnavailableError(f"onnxruntime here has no {wanted[0]}")
-    options = ort.SessionOptions()
-    options.graph_optimization_level = OPT_LEVELS[opt_level]
-    options.log_severity_level = 3
-    options.add_session_config_entry(SPINNING_KEY, "0")
-    if threads is not None:
-        options.intra_op_num_threads = threads
+    wanted = providers_for(provider)
+    options = session_options(opt_level, threads)
     providers: list = list(wanted)
     if cuda_graph:
         providers[0] = (wanted[0], {CUDA_GRAPH_OPTION: "1"})

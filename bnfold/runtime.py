@@ -68,14 +68,14 @@ def create_session(
     produce, RuntimeUnavailableError when the provider is not usable here, and ModelLoadError
     (onnxruntime's message on one line) when onnxruntime refuses the model.
     """
-    providers = _providers_for(provider)
+    providers = providers_for(provider)
     extra = tuple(dict.fromkeys(extra_outputs))
     if isinstance(model, onnx.ModelProto):
         model = detach(model) or model
     if isinstance(model, DetachedModel):
         session = _lent_session(model, extra, opt_level, threads, providers)
     else:
-        options = _session_options(opt_level, threads)
+        options = session_options(opt_level, threads)
         session = _new_session(_payload(model, extra, options, graph), options, providers)
     if providers[0] not in session.get_providers():
         raise RuntimeUnavailableError(
@@ -98,7 +98,7 @@ def _lent_session(model: DetachedModel, extra: tuple[str, ...], opt_level: str, 
     """A session that reads the model's large weights from its arrays (see :mod:`bnfold.detached`); where
     onnxruntime refuses that, one from the whole model serialised (its own error, if any, is raised)."""
     payload = _serialise_with_outputs(model.structure, extra)
-    options = _session_options(opt_level, threads)
+    options = session_options(opt_level, threads)
     with tempfile.TemporaryDirectory(prefix="bnfold-lent-") as folder:
         values = lend(model, folder, options)
         try:
@@ -106,7 +106,7 @@ def _lent_session(model: DetachedModel, extra: tuple[str, ...], opt_level: str, 
         except Exception:  # onnxruntime's pybind11 errors: retried below, where a real one is reported
             session = None
     if session is None:
-        options = _session_options(opt_level, threads)
+        options = session_options(opt_level, threads)
         return _new_session(_serialise_with_outputs(attach(model), extra), options, providers)
     session._bnfold_lent_values = values  # onnxruntime reads these buffers: keep them as long as the session
     return session
@@ -117,7 +117,7 @@ def one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
-def _providers_for(provider: str) -> tuple[str, ...]:
+def providers_for(provider: str) -> tuple[str, ...]:
     if provider not in PROVIDERS:
         raise UsageError(f"unknown provider {provider!r}; choose one of: {', '.join(PROVIDERS)}")
     wanted = PROVIDERS[provider]
@@ -129,7 +129,7 @@ def _providers_for(provider: str) -> tuple[str, ...]:
     return wanted
 
 
-def _session_options(opt_level: str, threads: int | None) -> ort.SessionOptions:
+def session_options(opt_level: str, threads: int | None) -> ort.SessionOptions:
     if opt_level not in OPT_LEVELS:
         raise UsageError(f"unknown optimisation level {opt_level!r}; choose one of: {', '.join(OPT_LEVELS)}")
     options = ort.SessionOptions()
