@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import onnx
 
-from bnfold.constants import CONSTANT_OPS
+from bnfold.constants import CONSTANT_OPS, DEFAULT_DOMAINS
 from bnfold.graph import node_reads, subgraphs
 
 
@@ -26,7 +26,7 @@ def _remove_dead_constant_nodes(graph: onnx.GraphProto, reads: dict[str, int]) -
     dead: list[int] = []
     for index in range(len(graph.node) - 1, -1, -1):  # consumers before producers: one pass frees chains
         node = graph.node[index]
-        if (node.op_type in CONSTANT_OPS and node.domain in ("", "ai.onnx")
+        if (node.op_type in CONSTANT_OPS and node.domain in DEFAULT_DOMAINS
                 and not any(reads.get(out, 0) for out in node.output if out)):
             dead.append(index)
             for name in node_reads(node):

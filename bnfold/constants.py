@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+DEFAULT_DOMAINS = ("", "ai.onnx")  # the standard ONNX operator domain, spelled both ways
 CONSTANT_OPS = frozenset(
     {"Constant", "Identity", "Cast", "Reshape", "Unsqueeze", "Squeeze", "ConstantOfShape", "Transpose", "Flatten"}
 )
@@ -104,7 +105,7 @@ def evaluate_node(node: onnx.NodeProto, args: list[np.ndarray], opset: int) -> n
     if node.op_type == "Constant":
         return constant_node_value(node)
     evaluator = EVALUATORS.get(node.op_type)
-    if evaluator is None or node.domain not in ("", "ai.onnx"):
+    if evaluator is None or node.domain not in DEFAULT_DOMAINS:
         return None
     try:
         return np.asarray(evaluator(node, args, opset))

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import onnx
 
+from bnfold.constants import DEFAULT_DOMAINS
 from bnfold.graph import GraphIndex, NameAllocator, subgraphs
 from bnfold.ranks import RankOracle
 from bnfold.reasons import Reason
@@ -64,7 +65,7 @@ class FoldOutcome:
 
 def ai_onnx_opset(model: onnx.ModelProto) -> int:
     for entry in model.opset_import:
-        if entry.domain in ("", "ai.onnx"):
+        if entry.domain in DEFAULT_DOMAINS:
             return entry.version
     return 1
 

@@ -30,6 +30,7 @@ from bnfold.atomic import (
     sync_folder,
     write_text_atomic,
 )
+from bnfold.constants import DEFAULT_DOMAINS
 from bnfold.errors import ModelLoadError, OutputWriteError, UnsupportedModelError
 from bnfold.external_data import (
     check_external_data,
@@ -57,7 +58,6 @@ MIN_IR_VERSION = 3  # the first IR version with opset imports; onnxruntime reads
 SINGLE_FILE_LIMIT = 2**31 - 2**26
 PROTOBUF_LIMIT = 2**31  # no protobuf message at or over this size can be parsed
 EXTERNAL_THRESHOLD = 1024  # tensors with more payload bytes than this go to the data file
-_DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
 # ---------------------------------------------------------------- loading
@@ -151,10 +151,10 @@ def _check_versions(path: Path, model: onnx.ModelProto) -> None:
         )
     if model.ir_version < MIN_IR_VERSION:
         raise UnsupportedModelError(f"{path} uses ONNX IR version {model.ir_version}; bnfold needs {MIN_IR_VERSION}+")
-    opsets = {("" if o.domain in _DEFAULT_DOMAINS else o.domain): o.version for o in model.opset_import}
+    opsets = {("" if o.domain in DEFAULT_DOMAINS else o.domain): o.version for o in model.opset_import}
     default = opsets.get("")
     if default is None:
-        if any(node.domain in _DEFAULT_DOMAINS for node in model.graph.node):
+        if any(node.domain in DEFAULT_DOMAINS for node in model.graph.node):
             raise ModelLoadError(f"{path} uses standard ONNX operators but imports no ai.onnx opset")
     elif default < MIN_OPSET:
         raise UnsupportedModelError(

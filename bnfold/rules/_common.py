@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 
 from bnfold import fold_math
-from bnfold.constants import attribute_values
+from bnfold.constants import DEFAULT_DOMAINS, attribute_values
 from bnfold.graph import FLOAT_DTYPES, GraphIndex, input_name, is_float_dtype
 from bnfold.reasons import Reason
 from bnfold.rules.base import Plan, Refusal
@@ -44,7 +44,7 @@ def bn_affine(g: GraphIndex, bn: onnx.NodeProto) -> Affine | Refusal:
 def sole_producer(g: GraphIndex, name: str, anchor: onnx.NodeProto, ops: frozenset[str]):
     """The node of an op in *ops* producing *name*, checked to feed only *anchor*; None if absent."""
     producer = g.producer.get(name)
-    if producer is None or producer.op_type not in ops or producer.domain not in ("", "ai.onnx"):
+    if producer is None or producer.op_type not in ops or producer.domain not in DEFAULT_DOMAINS:
         return None
     if list(producer.output).index(name) != 0:
         return None

@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 
 from bnfold import fold_math
+from bnfold.constants import DEFAULT_DOMAINS
 from bnfold.graph import is_float_dtype
 from bnfold.reasons import Reason
 from bnfold.rules._common import output_channels, plan_producer_fold, rewrite_producer_fold, sole_producer
@@ -45,7 +46,7 @@ class AffineChainRule:
     anchor_ops = frozenset({"Mul", "Add", "Sub", "Div"})
 
     def match(self, g, node: onnx.NodeProto) -> Plan | Refusal | None:
-        if len(node.input) != 2 or node.domain not in ("", "ai.onnx"):
+        if len(node.input) != 2 or node.domain not in DEFAULT_DOMAINS:
             return None
         consts = [g.constant(name) for name in node.input]
         if consts[0].ok == consts[1].ok:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import onnx
 
 from bnfold import fold_math
-from bnfold.constants import attribute_values
+from bnfold.constants import DEFAULT_DOMAINS, attribute_values
 from bnfold.graph import input_name
 from bnfold.reasons import Reason
 from bnfold.rules._common import bn_affine, for_chain, rounded, weights, write_constants
@@ -44,7 +44,7 @@ class BnConvRule:
     def match(self, g, bn: onnx.NodeProto) -> Plan | Refusal | None:
         z = bn.output[0]
         readers = g.readers(z)
-        convs = [n for n in readers if n.op_type == "Conv" and n.domain in ("", "ai.onnx")]
+        convs = [n for n in readers if n.op_type == "Conv" and n.domain in DEFAULT_DOMAINS]
         if not convs:
             return None
         if g.is_graph_output(z):
