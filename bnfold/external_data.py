@@ -225,11 +225,7 @@ def read_external_data(refs: list[ExternalRef]) -> None:
             handle = handles.get(ref.path)
             if handle is None:
                 handle = handles[ref.path] = open(ref.path, "rb")  # noqa: SIM115 - closed below, kept across tensors
-            handle.seek(ref.offset)
-            data = handle.read(ref.length)
-            if len(data) != ref.length:
-                raise UnsafeExternalDataError(f"{ref.label}: external data file {ref.location!r} shrank while read")
-            ref.tensor.raw_data = data
+            ref.tensor.raw_data = read_range(handle, ref)
             ref.tensor.ClearField("external_data")
             ref.tensor.ClearField("data_location")
     except OSError as exc:
@@ -237,3 +233,24 @@ def read_external_data(refs: list[ExternalRef]) -> None:
     finally:
         for handle in handles.values():
             handle.close()
+
+
+def read_range(handle: BinaryIO, ref: ExternalRef) -> bytes:
+    """The checked byte range *ref* of the open data file *handle*; a file that got shorter since it was
+    checked is refused, a read error names the tensor and the file."""
+    try:
+        handle.seek(ref.offset)
+        data = handle.read(ref.length)
+    except OSError as exc:
+        raise unreadable(ref, exc) from None
+    if len(data) != ref.length:
+        raise shrank(ref)
+    return data
+
+
+def unreadable(ref: ExternalRef, exc: OSError) -> ModelLoadError:
+    return ModelLoadError(f"{ref.label}: cannot read external data file {ref.location!r}: {exc.strerror}")
+
+
+def shrank(ref: ExternalRef) -> UnsafeExternalDataError:
+    return UnsafeExternalDataError(f"{ref.label}: external data file {ref.location!r} shrank while read")

@@ -65,7 +65,7 @@ class _PayloadWriter:
         if ref.length <= self.threshold:
             inline = TensorProto()
             copy_fields(tensor, inline, skip=_PAYLOAD_FIELDS)
-            inline.raw_data = self.source.read(tensor)
+            inline.raw_data = self.source.read_ref(ref)
             return inline
         offset = self._pad()
         self.source.copy(ref, self.out)

@@ -18,8 +18,7 @@ from typing import BinaryIO
 import numpy as np
 from onnx import TensorProto, numpy_helper
 
-from bnfold.errors import ModelLoadError, UnsafeExternalDataError
-from bnfold.external_data import ExternalRef, check_ref
+from bnfold.external_data import ExternalRef, check_ref, read_range, shrank, unreadable
 
 _CHUNK = 1 << 22  # bytes per read while copying a payload between data files
 
@@ -45,13 +44,12 @@ class DataFolder:
 
     def read(self, tensor: TensorProto) -> bytes:
         """The tensor's payload, read from its data file (only the declared range)."""
-        ref = self.locate(tensor)
+        return self.read_ref(self.locate(tensor))
+
+    def read_ref(self, ref: ExternalRef) -> bytes:
+        """The checked range *ref* (from :meth:`locate`), read from its data file."""
         with _open(ref) as handle:
-            handle.seek(ref.offset)
-            data = _read(handle, ref, ref.length)
-        if len(data) != ref.length:
-            raise _shrank(ref)
-        return data
+            return read_range(handle, ref)
 
     def array(self, tensor: TensorProto) -> np.ndarray:
         """The tensor's value, as ``numpy_helper.to_array`` would give it once loaded (read-only)."""
@@ -78,29 +76,14 @@ def _open(ref: ExternalRef) -> BinaryIO:
     try:
         return open(ref.path, "rb")  # noqa: SIM115 - every caller closes it with a with-block
     except OSError as exc:
-        raise _unreadable(ref, exc) from None
-
-
-def _read(handle: BinaryIO, ref: ExternalRef, size: int) -> bytes:
-    try:
-        return handle.read(size)
-    except OSError as exc:
-        raise _unreadable(ref, exc) from None
+        raise unreadable(ref, exc) from None
 
 
 def _read_into(handle: BinaryIO, ref: ExternalRef, view: memoryview) -> int:
     try:
         got = handle.readinto(view)
     except OSError as exc:
-        raise _unreadable(ref, exc) from None
+        raise unreadable(ref, exc) from None
     if not got:
-        raise _shrank(ref)
+        raise shrank(ref)
     return got
-
-
-def _unreadable(ref: ExternalRef, exc: OSError) -> ModelLoadError:
-    return ModelLoadError(f"{ref.label}: cannot read external data file {ref.location!r}: {exc.strerror}")
-
-
-def _shrank(ref: ExternalRef) -> UnsafeExternalDataError:
-    return UnsafeExternalDataError(f"{ref.label}: external data file {ref.location!r} shrank while read")
