@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from bnfold.external_data import has_external_data
+from bnfold.external_data import element_count, has_external_data
 from bnfold.ranks import shell
 
 EXTERNAL_FOLDER_KEY = "session.model_external_initializers_file_folder_path"  # where external data is found
@@ -75,11 +75,11 @@ def _lendable(init: onnx.TensorProto) -> np.ndarray | None:
     dtype = _LENDABLE.get(init.data_type)
     if dtype is None or not init.HasField("raw_data"):  # (detach refuses models with external data)
         return None
-    count = int(np.prod(init.dims, dtype=np.int64)) if init.dims else 1
-    if count * dtype.itemsize < LEND_MIN_BYTES:
+    nbytes = element_count(init) * dtype.itemsize
+    if nbytes < LEND_MIN_BYTES:
         return None
     raw = init.raw_data  # protobuf hands out a copy: the array owns its data
-    if len(raw) != count * dtype.itemsize:
+    if len(raw) != nbytes:
         return None  # malformed: left inline for onnxruntime to report
     return np.frombuffer(raw, dtype=dtype).reshape(tuple(init.dims))
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import onnx
-from onnx import helper
 
+from bnfold.external_data import element_count, expected_nbytes
 from bnfold.graph import subgraphs
 
 
@@ -20,9 +19,8 @@ class ModelStats:
 
 
 def _tensor_size(tensor: onnx.TensorProto) -> tuple[int, int]:
-    count = int(np.prod(tensor.dims, dtype=np.int64)) if tensor.dims else 1
-    itemsize = helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize if tensor.data_type else 0
-    return count, count * itemsize
+    """(elements, bytes of data); strings and unknown types count no bytes."""
+    return element_count(tensor), expected_nbytes(tensor) or 0
 
 
 def model_stats(model: onnx.ModelProto) -> ModelStats:
