@@ -13,15 +13,18 @@ import numpy as np
 
 
 def cosine_from_difference(r: np.ndarray, c: np.ndarray, diff: np.ndarray, squared: float) -> float:
-    """Cosine similarity from fast dot products. Written as ``1 - (|d|^2 - (|c| - |r|)^2) / (2 |r| |c|)`` with
-    ``|c| - |r| = d.(c + r) / (|c| + |r|)``: the small terms come from dot products of the small difference
-    itself, so a cosine of 1 - 1e-12 survives sums rounded in float32. Tensors far apart (failures,
-    mostly) take float64 sums instead."""
+    """Cosine similarity from two fast dot products (r.r and d.r; *squared* is d.d; |c|^2 and d.c follow).
+
+    Written as ``1 - (|d|^2 - (|c| - |r|)^2) / (2 |r| |c|)`` with ``|c| - |r| = d.(c + r) / (|c| + |r|)``:
+    the small terms come from dot products of the small difference itself, so a cosine of 1 - 1e-12
+    survives sums rounded in float32. Tensors far apart (failures, mostly) take float64 sums instead.
+    """
     with np.errstate(over="ignore", invalid="ignore"):
-        rr, cc = float(np.dot(r, r)), float(np.dot(c, c))
-        cross = float(np.dot(diff, c)) + float(np.dot(diff, r))
-    if not (math.isfinite(rr) and math.isfinite(cc) and math.isfinite(cross)):
-        return cosine(r, c)  # float32 sums overflowed
+        rr, dr = float(np.dot(r, r)), float(np.dot(diff, r))
+    cross = 2.0 * dr + squared  # d.(c + r), as c = r + d
+    cc = rr + cross  # |c|^2 = |r|^2 + 2 d.r + |d|^2
+    if not (math.isfinite(rr) and math.isfinite(cross)) or cc < 0.0:
+        return cosine(r, c)  # float32 sums overflowed, or c ~ 0 rounded |c|^2 below zero
     if rr == 0.0 or cc == 0.0:
         return 1.0 if rr == cc else 0.0
     norm_r, norm_c = math.sqrt(rr), math.sqrt(cc)
