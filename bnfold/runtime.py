@@ -151,19 +151,24 @@ def _payload(model: ModelSource, extra: tuple[str, ...], options: ort.SessionOpt
         raise UsageError("this model reads tensors from external data files, which onnxruntime finds only "
                          "beside a model file: pass the model's path instead")
     if isinstance(model, (bytes, bytearray)):
-        if not extra:
-            return bytes(model)
-        return _with_outputs(bytes(model), graph if graph is not None else _parse(bytes(model)), extra)
-    if isinstance(model, (str, os.PathLike)):
-        path = Path(model)
-        if not path.is_file():
-            raise ModelLoadError(f"model file not found: {path}")
-        if not extra:
-            return str(path)
-        structure = graph if graph is not None else _load_graph(path)
-        options.add_session_config_entry(EXTERNAL_FOLDER_KEY, str(path.resolve().parent))  # data beside the .onnx
-        return _with_outputs(path.read_bytes(), structure, extra)
-    raise UsageError(f"expected a ModelProto, bytes or a path, got {type(model).__name__}")
+        data = bytes(model)
+        return _with_outputs(data, graph if graph is not None else _parse(data), extra) if extra else data
+    path = _model_path(model)
+    if not extra:
+        return str(path)
+    structure = graph if graph is not None else _load_graph(path)
+    options.add_session_config_entry(EXTERNAL_FOLDER_KEY, str(path.resolve().parent))  # data beside the .onnx
+    return _with_outputs(path.read_bytes(), structure, extra)
+
+
+def _model_path(model: ModelSource) -> Path:
+    """*model* as the path of an existing file; UsageError for anything that is not a path."""
+    if not isinstance(model, (str, os.PathLike)):
+        raise UsageError(f"expected a ModelProto, bytes or a path, got {type(model).__name__}")
+    path = Path(model)
+    if not path.is_file():
+        raise ModelLoadError(f"model file not found: {path}")
+    return path
 
 
 def _with_outputs(data: bytes, structure: onnx.ModelProto, extra: tuple[str, ...]) -> bytes:
@@ -189,12 +194,7 @@ def load_graph(model: ModelSource) -> onnx.ModelProto:
         return model.structure
     if isinstance(model, (bytes, bytearray)):
         return _parse(bytes(model))
-    if isinstance(model, (str, os.PathLike)):
-        path = Path(model)
-        if not path.is_file():
-            raise ModelLoadError(f"model file not found: {path}")
-        return _load_graph(path)
-    raise UsageError(f"expected a ModelProto, bytes or a path, got {type(model).__name__}")
+    return _load_graph(_model_path(model))
 
 
 def _parse(data: bytes) -> onnx.ModelProto:
