@@ -10,7 +10,7 @@ from bnfold.bench_plan import PROVIDER_NAMES
 from bnfold.cli.optimize_file import FileOutcome, OptimizeSettings, optimize_file
 from bnfold.cli.options import input_options, rule_options
 from bnfold.cli.render import render
-from bnfold.errors import ExitCode, UsageError
+from bnfold.errors import ExitCode
 
 
 @click.command("optimize")
@@ -43,8 +43,9 @@ def optimize_command(source: Path, output: Path | None, json_path: Path | None, 
     Exit codes: 0 ok; 1 verification failed or --check found foldable BatchNormalization; 2 usage;
     3 model unreadable/invalid/unsupported; 4 output cannot be written.
     """
-    if rules is not None and skip_rules is not None:
-        raise UsageError("use either --rules or --skip-rules, not both")
+    from bnfold.optimizer import select_rules
+
+    select_rules(rules, skip_rules)  # a bad rule list fails now, not once per model of a folder
     settings = OptimizeSettings(
         rules=rules, skip_rules=skip_rules, verify=not no_verify, revert=not no_revert, force=force,
         strict=strict, metadata=not no_metadata, check=check, in_place=in_place, inputs=inputs,
