@@ -8,9 +8,9 @@ from pathlib import Path
 import click
 
 from bnfold.cli.options import rule_options
+from bnfold.cli.render import some_names
 
 LIST_LIMIT = 40  # list BatchNormalizations one per line up to this many; group beyond (unless --verbose)
-SHOWN_NAMES = 4  # names quoted per group line
 
 
 @click.command("inspect")
@@ -75,17 +75,13 @@ def _table(sites) -> list[str]:
     return [line(header), *(line(row) for row in rows)]
 
 
-def _names(names: list[str]) -> str:
-    return ", ".join(names[:SHOWN_NAMES]) + (", ..." if len(names) > SHOWN_NAMES else "")
-
-
 def _grouped_foldable(sites) -> list[str]:
     groups: dict[tuple[str, str], list[str]] = defaultdict(list)
     for site in sites:
         groups[(site.rule, site.producer_op or "(input)")].append(site.name)
     lines = [f"Foldable ({len(sites)}), by rule and producer:"] if sites else []
     for (rule, producer), names in sorted(groups.items(), key=lambda kv: -len(kv[1])):
-        lines.append(f"  {rule} after {producer} ({len(names)}): {_names(names)}")
+        lines.append(f"  {rule} after {producer} ({len(names)}): {some_names(names)}")
     return lines
 
 
@@ -95,7 +91,7 @@ def _grouped_refused(sites) -> list[str]:
         groups[site.reason.value].append(site)
     lines = [f"Left in place ({len(sites)}), by reason:"]
     for reason, members in sorted(groups.items(), key=lambda kv: -len(kv[1])):
-        lines.append(f"  {reason} ({len(members)}): {members[0].sentence}: {_names([s.name for s in members])}")
+        lines.append(f"  {reason} ({len(members)}): {members[0].sentence}: {some_names([s.name for s in members])}")
     return lines
 
 

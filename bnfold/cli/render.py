@@ -5,6 +5,12 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 
 GROUP_AFTER = 6  # list refused sites one by one up to this many, then group by reason
+SHOWN_NAMES = 4  # names quoted per group line
+
+
+def some_names(names: list[str]) -> str:
+    """The first few *names*, comma-separated, with ", ..." when there are more."""
+    return ", ".join(names[:SHOWN_NAMES]) + (", ..." if len(names) > SHOWN_NAMES else "")
 
 
 def human_bytes(n: int | None) -> str:
@@ -51,8 +57,7 @@ def refused_lines(report) -> list[str]:
             for s in bns:
                 groups[s.reason].append(s.node)
             for reason, nodes in sorted(groups.items(), key=lambda kv: -len(kv[1])):
-                shown = ", ".join(nodes[:4]) + (", ..." if len(nodes) > 4 else "")
-                lines.append(f"  {reason.value} ({len(nodes)}): {reason.sentence}: {shown}")
+                lines.append(f"  {reason.value} ({len(nodes)}): {reason.sentence}: {some_names(nodes)}")
     if affine:
         reasons = Counter(s.reason.value for s in affine)
         lines.append(f"Left {len(affine)} Mul/Add/Sub/Div by constants: "
