@@ -146,7 +146,7 @@ def _check_override(name: str, declared: tuple[int | str | None, ...] | None, sh
     if len(shape) != len(declared):
         raise InputSpecError(
             f"--input-shape {name}: rank {len(shape)} given, but the model declares rank {len(declared)} "
-            f"({_format_declared(declared)})"
+            f"({format_declared(declared)})"
         )
     _check_fixed_dims(f"--input-shape {name}", declared, shape)
 
@@ -155,10 +155,11 @@ def _check_fixed_dims(what: str, declared: tuple[int | str | None, ...], shape: 
     clashes = [f"dim {i} is {s}, model fixes it at {d}" for i, (d, s) in enumerate(zip(declared, shape, strict=True))
                if _is_known(d) and d != s]
     if clashes:
-        raise InputSpecError(f"{what}: {'; '.join(clashes)} (declared {_format_declared(declared)})")
+        raise InputSpecError(f"{what}: {'; '.join(clashes)} (declared {format_declared(declared)})")
 
 
-def _format_declared(declared: tuple[int | str | None, ...]) -> str:
+def format_declared(declared: tuple[int | str | None, ...]) -> str:
+    """A declared shape as messages show it: ``[1, 3, ?, ?]`` (? for an unknown dim)."""
     return "[" + ", ".join("?" if d is None else str(d) for d in declared) + "]"
 
 
@@ -238,7 +239,7 @@ def _conform(file: Path, spec: InputSpec, array: np.ndarray) -> np.ndarray:
     if spec.declared is not None:
         if array.ndim != len(spec.declared):
             raise InputSpecError(f"{what} has rank {array.ndim} (shape {array.shape}), "
-                                 f"the model declares rank {len(spec.declared)} {_format_declared(spec.declared)}")
+                                 f"the model declares rank {len(spec.declared)} {format_declared(spec.declared)}")
         _check_fixed_dims(what, spec.declared, array.shape)
     target = _np_dtype(spec.dtype)
     if array.dtype == target:

@@ -98,11 +98,12 @@ def render(report, *, reference: str, candidate: str) -> str:
 
 
 def _input_line(spec) -> str:
+    from bnfold.inputs import format_declared
+
     text = f"{spec.name} {spec.dtype} {_dims(spec.shape)}"
     if spec.chosen:
         guesses = ", ".join(f"dim {i}={v}" for i, v in spec.chosen.items())
-        declared = ", ".join("?" if d is None else str(d) for d in spec.declared or ())
-        text += f" (guessed {guesses}; declared [{declared}]; set with --input-shape)"
+        text += f" (guessed {guesses}; declared {format_declared(spec.declared or ())}; set with --input-shape)"
     return text
 
 
