@@ -176,15 +176,15 @@ def optimize(model_or_path: onnx.ModelProto | str | os.PathLike, *, rules: Seque
     check = dict(inputs=inputs, input_shapes=input_shapes, samples=samples, seed=seed, value_range=value_range,
                  atol=atol, rtol=rtol, provider=provider)
     refold = functools.partial(_refold, model_or_path, enabled, disabled, metadata)
-    reverted: list[RevertedFold] = []
+    reverted: tuple[RevertedFold, ...] = ()
     verification, summary = None, VerificationSummary("skipped", "verification disabled")
     if verify and not outcome.applied:
         summary = VerificationSummary("unchanged", "nothing was folded")
     elif verify:
-        model, outcome, verification, summary = _verify_and_revert(
-            model, outcome, refold, reference, check, revert, reverted, data)
+        model, outcome, verification, summary, reverted = _verify_and_revert(
+            model, outcome, refold, reference, check, revert, data)
     report = FoldReport(rules=tuple(r.name for r in enabled), applied=tuple(outcome.applied),
-                        refused=tuple(outcome.refused), reverted=tuple(reverted), tensor_map=outcome.tensor_map,
+                        refused=tuple(outcome.refused), reverted=reverted, tensor_map=outcome.tensor_map,
                         before=before, after=model_stats(model), passes=outcome.passes,
                         fold_seconds=round(fold_seconds, 6), verification=summary, cleaned=outcome.cleaned)
     if metadata and report.changed:
@@ -239,37 +239,45 @@ def _candidate(model: onnx.ModelProto, scratch: Callable[[], str], data: DataFol
     return path
 
 
-def _verify_and_revert(model, outcome, refold, reference, check, revert, reverted, data):
+class _Checked(NamedTuple):
+    """What verification leaves: the model and fold outcome kept (after any reverts), the verify report
+    (None when the model could not be run), the summary, and the folds reverted on the way."""
+
+    model: onnx.ModelProto
+    outcome: FoldOutcome
+    report: Any
+    summary: VerificationSummary
+    reverted: tuple[RevertedFold, ...]
+
+
+def _verify_and_revert(model, outcome: FoldOutcome, refold, reference: Reference, check: dict, revert: bool,
+                       data: DataFolder | None) -> _Checked:
     """Verify; while a fold's own tensor diverges, re-fold without it (most upstream first)."""
-    with contextlib.ExitStack() as stack:
-        scratch = functools.cache(lambda: stack.enter_context(tempfile.TemporaryDirectory(prefix="bnfold-verify-")))
-        return _verify_loop(model, outcome, refold, reference, check, revert, reverted, scratch, data)
-
-
-def _verify_loop(model, outcome, refold, reference, check, revert, reverted, scratch, data):
     from bnfold.verification import verify as run_verify
 
+    reverted: list[RevertedFold] = []
     exclude: set[str] = set()
-    for _ in range(MAX_REVERTS + 1):
-        candidate = _candidate(model, scratch, data)
-        try:
-            report = run_verify(reference.source, candidate, check_tensors=_checkable(model, outcome.applied),
-                                structures=(reference.structure, model), **check)
-        except ShapeGuessError as exc:  # our guessed shapes; a user's bad --input-shape still raises
-            return model, outcome, None, VerificationSummary("not_verified", str(exc))
-        if report.passed:
-            return model, outcome, report, VerificationSummary("passed", "", report.to_dict())
-        bad = _first_failing_fold(outcome.applied, report)
-        if bad is None or not revert or len(exclude) >= MAX_REVERTS:
-            return model, outcome, report, VerificationSummary(
-                "failed", report.summary(), report.to_dict())
-        fold, tensor = bad
-        reverted.append(RevertedFold(rule=fold.rule, graph=fold.graph, node=fold.node, output=fold.output,
-                                     error_vs_magnitude=float(tensor.error_vs_magnitude),
-                                     max_abs_error=float(tensor.max_abs_error)))
-        exclude.add(fold.key)
-        model, outcome = refold(frozenset(exclude))
-    raise AssertionError("unreachable")
+    with contextlib.ExitStack() as stack:
+        scratch = functools.cache(lambda: stack.enter_context(tempfile.TemporaryDirectory(prefix="bnfold-verify-")))
+        while True:
+            try:
+                report = run_verify(reference.source, _candidate(model, scratch, data),
+                                    check_tensors=_checkable(model, outcome.applied),
+                                    structures=(reference.structure, model), **check)
+            except ShapeGuessError as exc:  # our guessed shapes; a user's bad --input-shape still raises
+                summary = VerificationSummary("not_verified", str(exc))
+                return _Checked(model, outcome, None, summary, tuple(reverted))
+            bad = None if report.passed else _first_failing_fold(outcome.applied, report)
+            if bad is None or not revert or len(exclude) >= MAX_REVERTS:
+                summary = (VerificationSummary("passed", "", report.to_dict()) if report.passed
+                           else VerificationSummary("failed", report.summary(), report.to_dict()))
+                return _Checked(model, outcome, report, summary, tuple(reverted))
+            fold, tensor = bad
+            reverted.append(RevertedFold(rule=fold.rule, graph=fold.graph, node=fold.node, output=fold.output,
+                                         error_vs_magnitude=float(tensor.error_vs_magnitude),
+                                         max_abs_error=float(tensor.max_abs_error)))
+            exclude.add(fold.key)
+            model, outcome = refold(frozenset(exclude))
 
 
 def _checkable(model: onnx.ModelProto, applied: Sequence[AppliedFold]) -> list[str]:
