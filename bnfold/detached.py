@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from bnfold.external_data import element_count, has_external_data
 from bnfold.ranks import shell
@@ -84,9 +83,12 @@ def _lendable(init: onnx.TensorProto) -> np.ndarray | None:
     return np.frombuffer(raw, dtype=dtype).reshape(tuple(init.dims))
 
 
-def lend(model: DetachedModel, folder: str, options: ort.SessionOptions) -> list[ort.OrtValue]:
-    """Lend *model*'s arrays through *options*, with the placeholder file its stubs name created in
-    *folder*. Returns the values to keep alive as long as the session."""
+def lend(model: DetachedModel, folder: str, options) -> list:
+    """Lend *model*'s arrays through *options* (``onnxruntime.SessionOptions``), with the placeholder file
+    its stubs name created in *folder*. Returns the values (``OrtValue``) to keep alive as long as the
+    session. onnxruntime is imported here, not with the module: the fold path must not pay for it."""
+    import onnxruntime as ort
+
     open(os.path.join(folder, PLACEHOLDER), "wb").close()
     options.add_session_config_entry(EXTERNAL_FOLDER_KEY, folder)
     values = []

@@ -151,3 +151,13 @@ def test_a_subgraph_reads_a_lent_weight_of_the_main_graph():
     session = create_session(model)
     assert len(session._bnfold_lent_values) == 1
     assert np.array_equal(session.run(None, FEED)[0], FEED["x"] * numpy_helper.to_array(model.graph.initializer[0]))
+
+
+def test_the_fold_path_does_not_import_onnxruntime():
+    """optimize imports this module; onnxruntime (~0.1 s to import) is only for verification."""
+    import subprocess
+    import sys
+
+    code = "import sys, bnfold.optimizer, bnfold.cli.optimize_file; print('onnxruntime' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
