@@ -46,6 +46,12 @@ def names_used_inside(graph: onnx.GraphProto) -> set[str]:
     return used
 
 
+def runtime_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
+    """The graph inputs a caller feeds: those that are not also initializers (overridable defaults)."""
+    initializers = {t.name for t in graph.initializer}
+    return [v for v in graph.input if v.name not in initializers]
+
+
 def node_reads(node: onnx.NodeProto) -> set[str]:
     """Names *node* reads: its inputs and the outer-scope names its subgraphs use."""
     reads = {n for n in node.input if n}

@@ -33,6 +33,7 @@ import onnx
 from onnx import helper
 
 from bnfold.errors import InputSpecError, ShapeGuessError, UsageError
+from bnfold.graph import runtime_inputs
 from bnfold.report import ReportMixin
 from bnfold.runtime import ModelSource, load_graph
 
@@ -70,9 +71,7 @@ def input_specs(
     An input that declares no shape at all needs an entry in *input_shapes*, unless
     ``require_shape=False`` (arrays from files bring their own shapes), where it gets shape ().
     """
-    graph = load_graph(model).graph
-    initializers = {t.name for t in graph.initializer}
-    values = [v for v in graph.input if v.name not in initializers]
+    values = runtime_inputs(load_graph(model).graph)
     overrides = dict(input_shapes or {})
     unknown = sorted(set(overrides) - {v.name for v in values})
     if unknown:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import onnx
 
 from bnfold.errors import UsageError
-from bnfold.graph import node_reads
+from bnfold.graph import node_reads, runtime_inputs
 
 
 @dataclass
@@ -23,8 +24,17 @@ class TensorPlan:
     missing: set[str]  # of those, the ones the candidate does not output
     extra: list[str]  # intermediate tensors to expose: check_tensors first, then per-layer
     checked: set[str]  # extra tensors that decide the verdict
-    per_layer: set[str]  # extra tensors that only localise a divergence
     notes: list[str] = field(default_factory=list)
+
+    @cached_property
+    def per_layer(self) -> set[str]:
+        """Extra tensors that only localise a divergence (not checked ones)."""
+        return set(self.extra) - self.checked
+
+    @cached_property
+    def names(self) -> list[str]:
+        """Every tensor compared: the outputs, then the extra tensors."""
+        return self.outputs + self.extra
 
     def first_divergence(self, failing: Sequence[str], cand: onnx.GraphProto) -> dict[str, str | None] | None:
         """The failing tensor produced earliest in the candidate, with its node."""
@@ -52,15 +62,14 @@ def plan_tensors(ref: onnx.GraphProto, cand: onnx.GraphProto, check_tensors: Seq
         ref_live = set(_activations(ref))
         taken = set(outputs) | set(checked)
         layers = [n for n in _activations(cand) if n in ref_live and n not in taken]
-    return TensorPlan(outputs, missing, checked + layers, set(checked), set(layers), notes)
+    return TensorPlan(outputs, missing, checked + layers, set(checked), notes)
 
 
 def check_same_inputs(ref: onnx.GraphProto, cand: onnx.GraphProto) -> None:
     """Both models must take the same inputs with the same element types, or they cannot share feeds."""
 
     def inputs(graph: onnx.GraphProto) -> dict[str, int]:
-        initializers = {t.name for t in graph.initializer}
-        return {v.name: v.type.tensor_type.elem_type for v in graph.input if v.name not in initializers}
+        return {v.name: v.type.tensor_type.elem_type for v in runtime_inputs(graph)}
 
     ref_inputs, cand_inputs = inputs(ref), inputs(cand)
     if set(ref_inputs) != set(cand_inputs):
@@ -92,8 +101,7 @@ def _producers(graph: onnx.GraphProto) -> dict[str, tuple[int, onnx.NodeProto]]:
 
 def _activations(graph: onnx.GraphProto) -> list[str]:
     """Node outputs that depend on a non-initializer graph input, in node order."""
-    initializers = {t.name for t in graph.initializer}
-    live = {v.name for v in graph.input if v.name not in initializers}
+    live = {v.name for v in runtime_inputs(graph)}
     found: list[str] = []
     for node in graph.node:
         if any(name in live for name in node_reads(node)):

@@ -156,7 +156,7 @@ def verify(
     plan = plan_tensors(ref_model.graph, cand_model.graph, check_tensors, per_layer)
     ref_session = create_session(reference, provider=provider, extra_outputs=plan.extra, graph=ref_model)
     cand_session = create_session(candidate, provider=provider, extra_outputs=plan.extra, graph=cand_model)
-    ref_names = plan.outputs + plan.extra
+    ref_names = plan.names
     cand_names = [n for n in plan.outputs if n not in plan.missing] + plan.extra
     trackers: dict[str, WorstCase] = {}
     notes = list(plan.notes)
@@ -223,7 +223,7 @@ def _is_float(array: np.ndarray) -> bool:
 
 def _compare_sample(index: int, trackers: dict[str, WorstCase], ref: dict[str, np.ndarray],
                     cand: dict[str, np.ndarray], plan: TensorPlan, atol: float | None, rtol: float | None) -> None:
-    for name in plan.outputs + plan.extra:
+    for name in plan.names:
         r = ref[name]
         tracker = _tracker(trackers, name, r, plan, atol, rtol)
         if tracker is None or tracker.note is not None:
@@ -266,7 +266,7 @@ def _tracker(trackers: dict[str, WorstCase], name: str, r: np.ndarray, plan: Ten
 
 
 def _fail_all(trackers: dict[str, WorstCase], ref: dict[str, np.ndarray], plan: TensorPlan, note: str) -> None:
-    for name in plan.outputs + plan.extra:
+    for name in plan.names:
         tracker = _tracker(trackers, name, ref[name], plan, None, None)
         if tracker is not None:
             tracker.note = tracker.note or note
