@@ -171,7 +171,7 @@ class Part:
 # Stages of `bnfold optimize` worth a line in a profile breakdown (nested lines are inside the line above).
 BNFOLD_STAGES = (
     Part("total (optimize_file)", "bnfold/cli/optimize_file.py", "optimize_file"),
-    Part("load: bnfold.io.load_model_and_layout", "bnfold/io.py", "load_model_and_layout"),
+    Part("load: bnfold.io.load_model_and_layout", "bnfold/io/model_file.py", "load_model_and_layout"),
     Part("fold + cleanup (optimizer._fold)", "bnfold/optimizer.py", "_fold"),
     Part("  rule matching + fold arithmetic (_first_plan)", "bnfold/folding.py", "_first_plan"),
     Part("    rounding checks (fold_math.cast_checked)", "bnfold/fold_math.py", "cast_checked"),
@@ -187,8 +187,8 @@ BNFOLD_STAGES = (
     Part("  comparing tensors (compare.compare_arrays)", "bnfold/compare.py", "compare_arrays"),
     Part("    of which cosine (cosine.cosine_from_difference)", "bnfold/cosine.py", "cosine_from_difference"),
     Part("weights copied out for onnxruntime, both models (detached.detach)", "bnfold/detached.py", "detach"),
-    Part("source external-data check (io.uses_external_data)", "bnfold/io.py", "uses_external_data"),
-    Part("save: bnfold.io.save_model", "bnfold/io.py", "save_model"),
+    Part("source external-data check (io.uses_external_data)", "bnfold/io/model_file.py", "uses_external_data"),
+    Part("save: bnfold.io.save_model", "bnfold/io/model_file.py", "save_model"),
     Part("all SerializeToString calls", "~", "SerializeToString"),
     Part("all ParseFromString calls", "~", "ParseFromString"),
     Part("all fsync calls", "~", "fsync"),

@@ -50,7 +50,7 @@ def _bnfold_optimize_verified(src: Path, out: Path) -> dict:
 
 def _check_folded(src: Path, folded: Path) -> dict:
     """Load the folded model back, data included; count what is left."""
-    from bnfold import io
+    from bnfold.io import model_file as io
 
     model = io.load_model(folded)
     return {"batchnorms": sum(n.op_type == "BatchNormalization" for n in model.graph.node),

@@ -44,7 +44,7 @@ def _bnfold_cli(verify: bool):
 
 def _bnfold_api() -> m.Runner:
     import bnfold
-    from bnfold import io
+    from bnfold.io import model_file as io
 
     def run(src: Path, out: Path) -> None:
         result = bnfold.optimize(src, verify=False)

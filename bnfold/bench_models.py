@@ -57,7 +57,7 @@ def prepare_variants(model: ModelInput, compare: ModelInput | None) -> Variants:
 
 
 def _folded_with_external_data(result, baseline: Variant, feed_model) -> Variants:
-    from bnfold.io import save_model
+    from bnfold.io.model_file import save_model
 
     scratch = tempfile.TemporaryDirectory(prefix="bnfold-bench-")
     path = Path(scratch.name) / "folded.onnx"
@@ -73,8 +73,8 @@ def _load(model: ModelInput, label: str | None) -> tuple[onnx.ModelProto | str, 
         return model, Variant(label or "model", data, len(data))
     if not isinstance(model, (str, os.PathLike)):
         raise ModelLoadError(f"expected a ModelProto or a path, got {type(model).__name__}")
-    from bnfold.external_data import check_external_data, has_external_data
-    from bnfold.io import load_model
+    from bnfold.io.external_data import check_external_data, has_external_data
+    from bnfold.io.model_file import load_model
 
     path = Path(model)
     proto = load_model(path, load_external_data=False)

@@ -14,7 +14,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-DEFAULT_DOMAINS = ("", "ai.onnx")  # the standard ONNX operator domain, spelled both ways
+from bnfold.io.model_file import DEFAULT_DOMAINS
+
 CONSTANT_OPS = frozenset(
     {"Constant", "Identity", "Cast", "Reshape", "Unsqueeze", "Squeeze", "ConstantOfShape", "Transpose", "Flatten"}
 )

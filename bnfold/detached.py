@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from bnfold.external_data import element_count, has_external_data
+from bnfold.io.external_data import element_count, has_external_data
 from bnfold.ranks import shell
 
 EXTERNAL_FOLDER_KEY = "session.model_external_initializers_file_folder_path"  # where external data is found

@@ -22,7 +22,7 @@ from bnfold.reasons import Reason
 from bnfold.rules import Plan, Refusal, Rule
 
 if TYPE_CHECKING:
-    from bnfold.lazy_data import DataFolder
+    from bnfold.io.lazy_data import DataFolder
 
 MAX_PASSES = 16
 BN = "BatchNormalization"
@@ -77,7 +77,7 @@ def site_key(label: str, node: onnx.NodeProto) -> str:
 
 def graph_indexes(model: onnx.ModelProto, data: DataFolder | None = None) -> Iterator[GraphIndex]:
     """Indexes for the main graph and every subgraph, parents before children. ``data``: where a lazily
-    loaded model's external initializers live (see ``bnfold.lazy_data``)."""
+    loaded model's external initializers live (see ``bnfold.io.lazy_data``)."""
     names, ranks, opset, precise = NameAllocator(model), RankOracle(model), ai_onnx_opset(model), {}
     pending = deque([GraphIndex(model.graph, label="main", opset=opset, names=names, ranks=ranks,
                                 precise=precise, data=data)])

@@ -20,7 +20,7 @@ from bnfold.constants import CONSTANT_OPS, evaluate_node
 from bnfold.reasons import Reason
 
 if TYPE_CHECKING:
-    from bnfold.lazy_data import DataFolder
+    from bnfold.io.lazy_data import DataFolder
 
 FLOAT_DTYPES = frozenset({np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)})
 

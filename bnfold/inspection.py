@@ -88,7 +88,7 @@ def inspect(model_or_path: onnx.ModelProto | str | os.PathLike, *, rules: Sequen
     if isinstance(model_or_path, onnx.ModelProto):
         original, label = model_or_path, None
     else:  # the structure only: optimize reads the weights itself (lazily where they are external data)
-        from bnfold.io import load_model
+        from bnfold.io.model_file import load_model
 
         original, label = load_model(model_or_path, load_external_data=False), os.fspath(model_or_path)
         model_or_path = label

@@ -23,9 +23,9 @@ from bnfold import __version__
 from bnfold.cleanup import clean_graph
 from bnfold.detached import detach
 from bnfold.errors import ShapeGuessError, UsageError, VerificationFailed
-from bnfold.external_data import has_external_data
 from bnfold.folding import AppliedFold, FoldOutcome, RefusedSite, fold_model
-from bnfold.lazy_data import DataFolder
+from bnfold.io.external_data import has_external_data
+from bnfold.io.lazy_data import DataFolder
 from bnfold.provenance import add_provenance, strip_provenance
 from bnfold.ranks import skeleton
 from bnfold.report import SCHEMA_VERSION, ReportMixin
@@ -134,7 +134,7 @@ def _load(model_or_path: onnx.ModelProto | str | os.PathLike) -> tuple[onnx.Mode
         work = onnx.ModelProto()
         work.CopyFrom(model_or_path)
         return work, model_or_path, None, False
-    from bnfold.io import load_model_and_layout, model_folder
+    from bnfold.io.model_file import load_model_and_layout, model_folder
 
     model, external = load_model_and_layout(model_or_path, lazy=True)
     data = DataFolder(model_folder(model_or_path)) if external else None
@@ -230,7 +230,7 @@ def _candidate(model: onnx.ModelProto, scratch: Callable[[], str], data: DataFol
     """What to hand onnxruntime: the model itself (its weights are lent as arrays, never serialised), or,
     for a lazy model that still refers to its source's data files, a temporary external-data file:
     onnxruntime reads the new payloads from disk and the unchanged ones from copies of their files."""
-    from bnfold import io
+    from bnfold.io import model_file as io
 
     if data is None or not has_external_data(model):
         return model

@@ -210,7 +210,7 @@ def _parse(data: bytes) -> onnx.ModelProto:
 def _load_graph(path: Path) -> onnx.ModelProto:
     """The graph without external data, through bnfold.io: the same refusals (empty, not ONNX, external
     data reaching outside the model's folder) as every other command."""
-    from bnfold.io import load_model
+    from bnfold.io.model_file import load_model
 
     return load_model(path, load_external_data=False)
 

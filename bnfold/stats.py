@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import onnx
 
-from bnfold.external_data import element_count, expected_nbytes
 from bnfold.graph import subgraphs
+from bnfold.io.external_data import element_count, expected_nbytes
 
 
 @dataclass(frozen=True)

@@ -68,7 +68,7 @@ def _load(model: ModelSource) -> onnx.ModelProto:
         return model
     if isinstance(model, (bytes, bytearray)):
         return onnx.load_model_from_string(bytes(model))
-    from bnfold.io import load_model
+    from bnfold.io.model_file import load_model
 
     return load_model(model)
 

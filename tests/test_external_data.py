@@ -11,9 +11,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from bnfold import io
 from bnfold.errors import OutputWriteError, UnsafeExternalDataError
-from bnfold.external_data import iter_tensors
+from bnfold.io import model_file as io
+from bnfold.io.external_data import iter_tensors
 
 RNG_SEED = 3
 

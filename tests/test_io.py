@@ -15,8 +15,8 @@ import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
 
-from bnfold import io
 from bnfold.errors import ModelLoadError, OutputWriteError, UnsupportedModelError
+from bnfold.io import model_file as io
 
 
 def small_model(*, opset: int = 17, ir_version: int | None = None, extra_opsets: dict[str, int] | None = None,

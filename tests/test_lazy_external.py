@@ -12,10 +12,11 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, numpy_helper
 
-from bnfold import fold_math, io
+from bnfold import fold_math
 from bnfold.cli.main import cli
 from bnfold.errors import ModelLoadError, OutputWriteError, UnsafeExternalDataError, UsageError
-from bnfold.lazy_data import DataFolder
+from bnfold.io import model_file as io
+from bnfold.io.lazy_data import DataFolder
 from bnfold.optimizer import optimize
 from tests.builders import GraphBuilder, feeds_for, op_count, run
 from tests.test_external_data import write_external_model

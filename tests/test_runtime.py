@@ -107,7 +107,7 @@ def test_sessions_are_plain_onnxruntime_sessions(model):
 
 
 def test_a_proto_still_reading_external_data_is_refused_with_the_way_out(model, tmp_path):
-    from bnfold.io import load_model
+    from bnfold.io.model_file import load_model
 
     onnx.save(model, tmp_path / "m.onnx", save_as_external_data=True, location="m.data", size_threshold=0)
     lazy = load_model(tmp_path / "m.onnx", load_external_data=False)

@@ -10,9 +10,9 @@ import pytest
 from onnx import helper
 
 import models
-from bnfold import io as bio
 from bnfold.errors import OutputWriteError
-from bnfold.stream_write import _padded_varint, _varint, write_model
+from bnfold.io import model_file as bio
+from bnfold.io.stream_write import _padded_varint, _varint, write_model
 from tests.builders import feeds_for, run
 
 
@@ -74,7 +74,7 @@ def test_repeated_fields_are_recognised_without_is_repeated():
     """protobuf before 6 has no FieldDescriptor.is_repeated; the label spells it there (3: repeated)."""
     from types import SimpleNamespace
 
-    from bnfold.stream_write import _is_repeated
+    from bnfold.io.stream_write import _is_repeated
 
     assert _is_repeated(onnx.GraphProto.DESCRIPTOR.fields_by_name["node"])
     assert not _is_repeated(onnx.GraphProto.DESCRIPTOR.fields_by_name["name"])

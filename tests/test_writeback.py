@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from bnfold import writeback
-from bnfold.atomic import atomic_write
-from bnfold.writeback import WritebackFile
+from bnfold.io import writeback
+from bnfold.io.atomic import atomic_write
+from bnfold.io.writeback import WritebackFile
 
 PIECES = [np.random.default_rng(i).bytes(3000 + 17 * i) for i in range(40)]
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import click
 
-from bnfold.atomic import require_folder, write_text_atomic
 from bnfold.bench_plan import OPT_LEVEL_NAMES, PROVIDER_NAMES
 from bnfold.cli.options import input_shape_option
+from bnfold.io.atomic import require_folder, write_text_atomic
 
 
 def _names(allowed: tuple[str, ...]) -> Callable[[click.Context, click.Parameter, str], tuple[str, ...]]:

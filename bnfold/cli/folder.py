@@ -136,7 +136,7 @@ def run_models(model_jobs: Sequence[ModelJob], *, jobs: int | None, json_dir: Pa
             click.echo(f"Warning: {job.label.as_posix()}: {outcome.message}", err=True)
     code = batch_exit_code(outcome.exit_code for outcome in outcomes)
     if json_dir is not None:
-        from bnfold.io import write_text_atomic
+        from bnfold.io.model_file import write_text_atomic
 
         summary = {"schema_version": SCHEMA_VERSION, "exit_code": code, "models": entries}
         write_text_atomic(json_dir / SUMMARY_JSON, json.dumps(summary, indent=2) + "\n")
@@ -243,7 +243,7 @@ def _run_isolated(job: ModelJob, context) -> FileOutcome:
 
 def _write_reports(json_dir: Path, rows: Sequence[tuple[ModelJob, FileOutcome]]) -> list[dict]:
     """JSONDIR/<relative path>.json per model; a report that cannot be written fails its model (exit 4)."""
-    from bnfold.io import write_text_atomic
+    from bnfold.io.model_file import write_text_atomic
 
     entries = []
     for job, outcome in rows:

@@ -32,7 +32,7 @@ def inspect_command(model: Path, json_path: Path | None, rules, skip_rules, verb
         click.echo(report.to_json())
         return
     if json_path is not None:
-        from bnfold.io import write_text_atomic
+        from bnfold.io.model_file import write_text_atomic
 
         write_text_atomic(json_path, report.to_json() + "\n")
     click.echo(render_inspection(report, str(model), verbose=verbose))

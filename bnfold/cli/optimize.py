@@ -58,7 +58,7 @@ def optimize_command(source: Path, output: Path | None, json_path: Path | None, 
                                quiet=quiet)
         raise SystemExit(code)
     if json_path is not None:
-        from bnfold.atomic import require_folder
+        from bnfold.io.atomic import require_folder
 
         require_folder(json_path)  # an unwritable report must fail before the model is written, not after
     outcome = optimize_file(source, output, settings)
@@ -67,7 +67,7 @@ def optimize_command(source: Path, output: Path | None, json_path: Path | None, 
 
 def _finish(outcome: FileOutcome, json_path: Path | None, *, quiet: bool, check: bool) -> None:
     if json_path is not None and outcome.report is not None:
-        from bnfold.io import write_text_atomic
+        from bnfold.io.model_file import write_text_atomic
 
         write_text_atomic(json_path, outcome.report.to_json() + "\n")
     if outcome.report is not None and not quiet:

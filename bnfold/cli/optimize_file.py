@@ -70,8 +70,8 @@ def _refuse_clobbering_input_data(source: Path, target: Path) -> None:
     at_risk = [p for p in (target, target.with_name(target.name + ".data")) if p.exists()]
     if not at_risk:
         return  # nothing there to clobber: skip parsing the input an extra time
-    from bnfold import io
-    from bnfold.external_data import check_external_data
+    from bnfold.io import model_file as io
+    from bnfold.io.external_data import check_external_data
 
     model = io.load_model(source, load_external_data=False)
     used = {os.path.realpath(source)} | {os.path.realpath(ref.path) for ref in check_external_data(
@@ -96,7 +96,7 @@ def optimize_file(source: Path, output: Path | None, settings: OptimizeSettings)
 
 
 def _run(source: Path, output: Path | None, settings: OptimizeSettings, outcome: FileOutcome) -> None:
-    from bnfold import io
+    from bnfold.io import model_file as io
     from bnfold.optimizer import optimize
 
     target = None if settings.check else resolve_target(source, output, settings.in_place)
@@ -124,7 +124,7 @@ def _run(source: Path, output: Path | None, settings: OptimizeSettings, outcome:
 
 
 def _write(source: Path, target: Path, result, outcome: FileOutcome) -> None:
-    from bnfold import io
+    from bnfold.io import model_file as io
 
     # An external-data input was loaded lazily: the weights the fold left alone are copied from its data files
     external, folder = result.source_external_data, result.external_folder

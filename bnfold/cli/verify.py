@@ -44,7 +44,7 @@ def verify_command(reference: Path, candidate: Path, atol: float | None, rtol: f
 
     Exit codes: 0 match; 1 mismatch; 2 usage; 3 model or inputs unusable; 4 report cannot be written.
     """
-    from bnfold.atomic import require_folder, write_text_atomic
+    from bnfold.io.atomic import require_folder, write_text_atomic
     from bnfold.verification import verify
 
     if json_path is not None:
@@ -69,7 +69,7 @@ def _truth(reference: Path, candidate: Path, truth: str | None, inputs, input_sh
     if truth is None:
         return ()
     from bnfold.inputs import make_feeds
-    from bnfold.io import load_model
+    from bnfold.io.model_file import load_model
     from bnfold.truth import compare_to_truth
 
     model = load_model(reference)

@@ -232,7 +232,7 @@ def test_optimize_on_an_empty_folder(tmp_path: Path):
 
 def test_the_external_data_cases_are_valid_models_once_made_safe(tmp_path: Path):
     """Guards the cases above: the same files load when the data sits where it belongs."""
-    from bnfold.io import load_model
+    from bnfold.io.model_file import load_model
 
     save_external(conv_bn(), tmp_path / "m.onnx")
     model = load_model(tmp_path / "m.onnx")

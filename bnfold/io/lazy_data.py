@@ -18,7 +18,7 @@ from typing import BinaryIO
 import numpy as np
 from onnx import TensorProto, numpy_helper
 
-from bnfold.external_data import ExternalRef, check_ref, read_range, shrank, unreadable
+from bnfold.io.external_data import ExternalRef, check_ref, read_range, shrank, unreadable
 
 _CHUNK = 1 << 22  # bytes per read while copying a payload between data files
 

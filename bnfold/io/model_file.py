@@ -2,7 +2,7 @@
 
 Loading reads the file once, turns every way it can be wrong into one typed error with a one-line message,
 refuses model versions bnfold cannot handle, and checks external data locations before reading any of it
-(see ``bnfold.external_data``). Saving is atomic: a temporary file in the target folder is written, synced
+(see ``bnfold.io.external_data``). Saving is atomic: a temporary file in the target folder is written, synced
 and renamed over the destination, so an interrupted or failed save never leaves a half-written model.
 
 Which "external data?" question to ask:
@@ -20,7 +20,8 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import DecodeError, EncodeError
 
-from bnfold.atomic import (
+from bnfold.errors import ModelLoadError, OutputWriteError, UnsupportedModelError
+from bnfold.io.atomic import (
     SignalGuard,
     SignalTerminated,
     atomic_write,
@@ -30,9 +31,7 @@ from bnfold.atomic import (
     sync_folder,
     write_text_atomic,
 )
-from bnfold.constants import DEFAULT_DOMAINS
-from bnfold.errors import ModelLoadError, OutputWriteError, UnsupportedModelError
-from bnfold.external_data import (
+from bnfold.io.external_data import (
     check_external_data,
     has_external_data,
     holds_tensors,
@@ -40,12 +39,15 @@ from bnfold.external_data import (
     payload_estimate,
     read_external_data,
 )
-from bnfold.external_write import externalize
-from bnfold.lazy_data import DataFolder
-from bnfold.stream_write import write_model
+from bnfold.io.external_write import externalize
+from bnfold.io.lazy_data import DataFolder
+from bnfold.io.stream_write import write_model
+
+DEFAULT_DOMAINS = ("", "ai.onnx")  # the standard ONNX operator domain, spelled both ways
 
 __all__ = [
-    "MIN_OPSET", "MIN_IR_VERSION", "SINGLE_FILE_LIMIT", "EXTERNAL_THRESHOLD", "SignalGuard", "SignalTerminated",
+    "DEFAULT_DOMAINS", "MIN_OPSET", "MIN_IR_VERSION", "SINGLE_FILE_LIMIT", "EXTERNAL_THRESHOLD", "SignalGuard",
+    "SignalTerminated",
     "load_model", "load_model_and_layout", "model_folder", "save_model", "uses_external_data", "has_external_data",
     "model_bytes_size", "atomic_write", "write_text_atomic",
 ]
@@ -81,7 +83,7 @@ def load_model_and_layout(path: str | os.PathLike, *, load_external_data: bool =
     ``lazy`` (with ``load_external_data``): every check runs as for a full load (locations safe, data files
     present and long enough), but graph initializers stay in their data files; only the other external
     tensors (node attributes, sparse tensors) are read. Such a model reads its weights on demand through
-    ``bnfold.lazy_data.DataFolder(model_folder(path))``, and is saved with ``save_model(...,
+    ``bnfold.io.lazy_data.DataFolder(model_folder(path))``, and is saved with ``save_model(...,
     source_folder=model_folder(path))``, which copies the untouched payloads without loading them.
     """
     path = Path(path)
@@ -250,7 +252,7 @@ def save_model(
         atomic_write(path, lambda handle: handle.write(serialized))
     elif not chosen and model_bytes_size(model) >= PROTOBUF_LIMIT:  # protobuf could never read it back
         raise OutputWriteError(f"cannot write {path} as a single file (over 2 GB); save it with external data")
-    else:  # piece by piece: no second, model-sized copy in memory (bnfold.stream_write)
+    else:  # piece by piece: no second, model-sized copy in memory (bnfold.io.stream_write)
         atomic_write(path, lambda handle: write_model(model, handle))
 
 

@@ -1,7 +1,7 @@
 """Atomic file writing: the destination is either the old file or the complete new one, never half of one.
 
 A temporary file is created in the destination's folder (same filesystem, so the final rename is atomic),
-written (its pages sent to disk as it grows: :mod:`bnfold.writeback`), flushed, fsynced and renamed over the
+written (its pages sent to disk as it grows: :mod:`bnfold.io.writeback`), flushed, fsynced and renamed over the
 destination. On any failure, KeyboardInterrupt or SIGTERM
 (see ``SignalGuard``) the temporary file is removed. Used for models, external data files and reports.
 """
@@ -20,7 +20,7 @@ from types import FrameType
 from typing import BinaryIO
 
 from bnfold.errors import OutputWriteError
-from bnfold.writeback import WritebackFile
+from bnfold.io.writeback import WritebackFile
 
 __all__ = ["SignalGuard", "SignalTerminated", "atomic_write", "write_text_atomic", "staged", "require_folder",
            "sync_folder"]

@@ -2,7 +2,7 @@
 
 Payloads go one tensor at a time, at 64-byte aligned offsets, and the caller's model is never modified: each
 written tensor is replaced by a stand-in in a new proto, so memory stays near one model plus one tensor.
-Tensors a lazy model still keeps in its source data files (see ``bnfold.lazy_data``) are copied from file to
+Tensors a lazy model still keeps in its source data files (see ``bnfold.io.lazy_data``) are copied from file to
 file in chunks, never loaded whole; the output may replace those very files, because the caller writes the
 new data file under a temporary name and renames it only after everything has been copied.
 """
@@ -14,9 +14,9 @@ from typing import BinaryIO
 import onnx
 from onnx import TensorProto
 
-from bnfold.external_data import EXTERNAL, holds_tensors, payload_estimate
-from bnfold.lazy_data import DataFolder
-from bnfold.stream_write import copy_fields
+from bnfold.io.external_data import EXTERNAL, holds_tensors, payload_estimate
+from bnfold.io.lazy_data import DataFolder
+from bnfold.io.stream_write import copy_fields
 
 _PAYLOAD_FIELDS = frozenset(
     {"raw_data", "float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data",

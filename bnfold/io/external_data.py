@@ -4,7 +4,7 @@ A model file names its external data with a free-form ``location`` string. Trust
 model read any file the user can (``/etc/passwd``, ``../../secrets``), so every location is checked -- and
 every data file sized -- before a single byte of tensor data is read. Reading touches only the declared byte
 ranges, one tensor at a time, so memory stays close to the size of the model itself. Writing data files is
-``bnfold.external_write``; reading single tensors on demand (lazy models) is ``bnfold.lazy_data``.
+``bnfold.io.external_write``; reading single tensors on demand (lazy models) is ``bnfold.io.lazy_data``.
 """
 
 from __future__ import annotations
