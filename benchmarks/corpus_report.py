@@ -18,7 +18,7 @@ from pathlib import Path
 import onnx
 
 import bnfold
-from bnfold.graph import GraphIndex, NameAllocator
+from bnfold.fold.graph import GraphIndex, NameAllocator
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
 

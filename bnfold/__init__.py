@@ -48,6 +48,6 @@ def __getattr__(name: str):
         from bnfold.reasons import Reason
         return Reason
     if name == "RULE_NAMES":
-        from bnfold.rules import RULE_NAMES
+        from bnfold.fold.rules import RULE_NAMES
         return RULE_NAMES
     raise AttributeError(f"module 'bnfold' has no attribute {name!r}")

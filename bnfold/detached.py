@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
+from bnfold.fold.skeleton import shell
 from bnfold.io.external_data import element_count, has_external_data
-from bnfold.ranks import shell
 
 EXTERNAL_FOLDER_KEY = "session.model_external_initializers_file_folder_path"  # where external data is found
 PLACEHOLDER = "bnfold-lent-weights.bin"  # an empty file; onnxruntime only checks that it exists

@@ -33,7 +33,7 @@ import onnx
 from onnx import helper
 
 from bnfold.errors import InputSpecError, ShapeGuessError, UsageError
-from bnfold.graph import runtime_inputs
+from bnfold.fold.graph import runtime_inputs
 from bnfold.report import ReportMixin
 from bnfold.runtime import ModelSource, load_graph
 

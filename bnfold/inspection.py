@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import onnx
 
-from bnfold.folding import BN, AppliedFold, RefusedSite, graph_indexes, site_key
-from bnfold.graph import GraphIndex
+from bnfold.fold.driver import BN, AppliedFold, RefusedSite, graph_indexes, site_key
+from bnfold.fold.graph import GraphIndex
 from bnfold.reasons import Reason
 from bnfold.report import SCHEMA_VERSION, ReportMixin
 

@@ -20,17 +20,17 @@ from typing import Any, NamedTuple
 import onnx
 
 from bnfold import __version__
-from bnfold.cleanup import clean_graph
 from bnfold.detached import detach
 from bnfold.errors import ShapeGuessError, UsageError, VerificationFailed
-from bnfold.folding import AppliedFold, FoldOutcome, RefusedSite, fold_model
+from bnfold.fold.cleanup import clean_graph
+from bnfold.fold.driver import AppliedFold, FoldOutcome, RefusedSite, fold_model
+from bnfold.fold.rules import RULE_NAMES, RULES, Rule
+from bnfold.fold.sizes import ModelStats, model_stats
+from bnfold.fold.skeleton import skeleton
 from bnfold.io.external_data import has_external_data
 from bnfold.io.lazy_data import DataFolder
 from bnfold.provenance import add_provenance, strip_provenance
-from bnfold.ranks import skeleton
 from bnfold.report import SCHEMA_VERSION, ReportMixin
-from bnfold.rules import RULE_NAMES, RULES, Rule
-from bnfold.stats import ModelStats, model_stats
 
 MAX_REVERTS = 16
 

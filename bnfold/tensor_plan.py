@@ -15,7 +15,7 @@ from functools import cached_property
 import onnx
 
 from bnfold.errors import UsageError
-from bnfold.graph import node_reads, runtime_inputs
+from bnfold.fold.graph import node_reads, runtime_inputs
 
 
 @dataclass

@@ -17,7 +17,7 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from bnfold.errors import UnsupportedModelError
-from bnfold.graph import subgraphs
+from bnfold.fold.graph import subgraphs
 from bnfold.report import ReportMixin
 from bnfold.runtime import ModelSource, create_session, one_line
 

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.lib.stride_tricks import sliding_window_view
 
-from bnfold import fold_math
+from bnfold.fold import fold_math
 
 SETTINGS = settings(max_examples=60, derandomize=True, deadline=None)
 DTYPES = st.sampled_from([np.float16, np.float32, np.float64])

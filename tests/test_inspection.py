@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 import models
 from bnfold import inspect, optimize
 from bnfold.errors import ModelLoadError, UsageError
-from bnfold.folding import graph_indexes
+from bnfold.fold.driver import graph_indexes
 from bnfold.reasons import Reason
 from tests.builders import GraphBuilder
 

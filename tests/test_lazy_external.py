@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, numpy_helper
 
-from bnfold import fold_math
 from bnfold.cli.main import cli
 from bnfold.errors import ModelLoadError, OutputWriteError, UnsafeExternalDataError, UsageError
+from bnfold.fold import fold_math
 from bnfold.io import model_file as io
 from bnfold.io.lazy_data import DataFolder
 from bnfold.optimizer import optimize

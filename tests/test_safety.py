@@ -9,7 +9,7 @@ import pytest
 from onnx import helper, numpy_helper
 
 from bnfold import optimize
-from bnfold.graph import all_names
+from bnfold.fold.graph import all_names
 from bnfold.reasons import Reason
 from tests.builders import GraphBuilder, assert_equivalent, feeds_for, op_count, run
 

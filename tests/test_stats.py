@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
-from bnfold.stats import model_stats
+from bnfold.fold.sizes import model_stats
 
 
 def test_bytes_follow_each_dtype_packing_and_strings_count_no_bytes():

@@ -174,7 +174,7 @@ def test_failed_verification_outranks_other_failures():
 
 def test_a_model_failing_verification_is_exit_1_and_the_others_are_written(tmp_path, monkeypatch):
     """A fold made wrong on purpose (its folded constants scaled by 1.5, in one model only) fails verification."""
-    from bnfold.rules import conv_bn
+    from bnfold.fold.rules import conv_bn
 
     original = conv_bn.RULE.match
 

@@ -13,8 +13,8 @@ from click.testing import CliRunner
 from onnx import helper
 
 import models
-from bnfold import fold_math
 from bnfold.cli.main import cli
+from bnfold.fold import fold_math
 from bnfold.reasons import Reason
 from tests.builders import GraphBuilder, assert_equivalent, feeds_for, op_count, run
 

@@ -290,7 +290,7 @@ def test_chain_of_folds_rounds_once_in_float64():
     not the first fold rounded to fp16 and then folded again."""
     from onnx import numpy_helper
 
-    from bnfold import fold_math
+    from bnfold.fold import fold_math
 
     b = GraphBuilder(dtype=np.float16, seed=5)
     conv = b.conv(b.input("x", [1, 3, 6, 6]), 4)

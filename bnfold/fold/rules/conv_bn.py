@@ -14,6 +14,6 @@ not constants or are overridable initializers; BN in training mode or its extra 
 spatial=0 (opset < 9); folded values overflow/underflow the weight dtype; shape mismatch.
 """
 
-from bnfold.rules._common import ProducerBnRule
+from bnfold.fold.rules._common import ProducerBnRule
 
 RULE = ProducerBnRule("conv_bn", "Conv")

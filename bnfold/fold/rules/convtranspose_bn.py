@@ -11,6 +11,6 @@ by s viewed as [g, 1, C_out/g, 1...]. Any output_padding, strides, dilations, pa
 Refuses: as conv_bn.
 """
 
-from bnfold.rules._common import ProducerBnRule
+from bnfold.fold.rules._common import ProducerBnRule
 
 RULE = ProducerBnRule("convtranspose_bn", "ConvTranspose")

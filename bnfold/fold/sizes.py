@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import onnx
 
-from bnfold.graph import subgraphs
+from bnfold.fold.graph import subgraphs
 from bnfold.io.external_data import element_count, expected_nbytes
 
 

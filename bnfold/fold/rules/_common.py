@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from bnfold import fold_math
-from bnfold.constants import DEFAULT_DOMAINS, attribute_values
-from bnfold.graph import FLOAT_DTYPES, GraphIndex, input_name, is_float_dtype
+from bnfold.fold import fold_math
+from bnfold.fold.constant_eval import DEFAULT_DOMAINS, attribute_values
+from bnfold.fold.graph import FLOAT_DTYPES, GraphIndex, input_name, is_float_dtype
+from bnfold.fold.rules.base import Plan, Refusal
 from bnfold.reasons import Reason
-from bnfold.rules.base import Plan, Refusal
 
 Affine = tuple[np.ndarray, np.ndarray]
 

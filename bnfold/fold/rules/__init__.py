@@ -6,8 +6,8 @@ for a BN that its producer can't absorb; affine_chain handles Mul/Add/Sub/Div sc
 
 from __future__ import annotations
 
-from bnfold.rules import affine_chain, bn_conv, conv_bn, convtranspose_bn, gemm_bn, matmul_bn
-from bnfold.rules.base import Plan, Refusal, Rule
+from bnfold.fold.rules import affine_chain, bn_conv, conv_bn, convtranspose_bn, gemm_bn, matmul_bn
+from bnfold.fold.rules.base import Plan, Refusal, Rule
 
 RULES: tuple[Rule, ...] = (
     conv_bn.RULE,

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import onnx
 
-from bnfold.constants import CONSTANT_OPS, DEFAULT_DOMAINS
-from bnfold.graph import node_reads, subgraphs
+from bnfold.fold.constant_eval import CONSTANT_OPS, DEFAULT_DOMAINS
+from bnfold.fold.graph import node_reads, subgraphs
 
 
 def _reads(graph: onnx.GraphProto) -> dict[str, int]:

@@ -19,12 +19,12 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from bnfold import fold_math
-from bnfold.constants import DEFAULT_DOMAINS
-from bnfold.graph import is_float_dtype
+from bnfold.fold import fold_math
+from bnfold.fold.constant_eval import DEFAULT_DOMAINS
+from bnfold.fold.graph import is_float_dtype
+from bnfold.fold.rules._common import output_channels, plan_producer_fold, rewrite_producer_fold, sole_producer
+from bnfold.fold.rules.base import Plan, Refusal
 from bnfold.reasons import Reason
-from bnfold.rules._common import output_channels, plan_producer_fold, rewrite_producer_fold, sole_producer
-from bnfold.rules.base import Plan, Refusal
 
 PRODUCERS = frozenset({"Conv", "ConvTranspose", "Gemm"})
 

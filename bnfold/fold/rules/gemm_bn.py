@@ -10,6 +10,6 @@ C may be absent (C' = t), a scalar, [C], [1, C] or [M, C]; C' broadcasts the sam
 Refuses: as conv_bn.
 """
 
-from bnfold.rules._common import ProducerBnRule
+from bnfold.fold.rules._common import ProducerBnRule
 
 RULE = ProducerBnRule("gemm_bn", "Gemm")

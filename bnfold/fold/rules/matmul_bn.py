@@ -18,10 +18,10 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from bnfold import fold_math
+from bnfold.fold import fold_math
+from bnfold.fold.rules._common import bn_affine, for_chain, rounded, sole_producer, write_constants
+from bnfold.fold.rules.base import Plan, Refusal
 from bnfold.reasons import Reason
-from bnfold.rules._common import bn_affine, for_chain, rounded, sole_producer, write_constants
-from bnfold.rules.base import Plan, Refusal
 
 
 class MatMulBnRule:

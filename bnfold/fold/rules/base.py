@@ -11,7 +11,7 @@ from typing import Protocol
 import numpy as np
 import onnx
 
-from bnfold.graph import GraphIndex
+from bnfold.fold.graph import GraphIndex
 from bnfold.reasons import Reason
 
 

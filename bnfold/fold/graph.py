@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from bnfold.constants import CONSTANT_OPS, evaluate_node
+from bnfold.fold.constant_eval import CONSTANT_OPS, evaluate_node
 from bnfold.reasons import Reason
 
 if TYPE_CHECKING:

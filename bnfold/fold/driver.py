@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING
 
 import onnx
 
-from bnfold.constants import DEFAULT_DOMAINS
-from bnfold.graph import GraphIndex, NameAllocator, subgraphs
-from bnfold.ranks import RankOracle
+from bnfold.fold.constant_eval import DEFAULT_DOMAINS
+from bnfold.fold.graph import GraphIndex, NameAllocator, subgraphs
+from bnfold.fold.ranks import RankOracle
+from bnfold.fold.rules import Plan, Refusal, Rule
 from bnfold.reasons import Reason
-from bnfold.rules import Plan, Refusal, Rule
 
 if TYPE_CHECKING:
     from bnfold.io.lazy_data import DataFolder

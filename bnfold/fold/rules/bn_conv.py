@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import onnx
 
-from bnfold import fold_math
-from bnfold.constants import DEFAULT_DOMAINS, attribute_values
-from bnfold.graph import input_name
+from bnfold.fold import fold_math
+from bnfold.fold.constant_eval import DEFAULT_DOMAINS, attribute_values
+from bnfold.fold.graph import input_name
+from bnfold.fold.rules._common import bn_affine, for_chain, rounded, weights, write_constants
+from bnfold.fold.rules.base import Plan, Refusal
 from bnfold.reasons import Reason
-from bnfold.rules._common import bn_affine, for_chain, rounded, weights, write_constants
-from bnfold.rules.base import Plan, Refusal
 
 
 def _unpadded(conv: onnx.NodeProto, kernel_shape: tuple[int, ...]) -> bool:
