@@ -110,7 +110,7 @@ def _ort_inference(source: Path, rounds: int) -> tuple[float, float]:
     import onnx
 
     import models
-    from bnfold.runtime import create_session
+    from bnfold.run.sessions import create_session
 
     feed = models.random_inputs(onnx.load(source, load_external_data=False), batch=1, seed=0)
     creations, runs = [], []

@@ -35,7 +35,7 @@ from bnfold.bench_runners import (
 from bnfold.bench_stats import bootstrap_round_ratio, bootstrap_speedup, summarize_ns, throughput_per_s
 from bnfold.errors import InputSpecError, RuntimeUnavailableError
 from bnfold.report import SCHEMA_VERSION
-from bnfold.runtime import one_line
+from bnfold.run.sessions import one_line
 
 __all__ = ["benchmark", "BenchReport", "BenchResult", "BenchComparison", "interleaved_order",
            "DEFAULT_WARMUP", "DEFAULT_ITERATIONS"]
@@ -143,7 +143,7 @@ def _make_feed(variants: Variants, batch: int | None, input_shapes, seed: int) -
     The actual batch is the leading dim of the first input of rank >= 2: a fixed batch dim (or one set by
     --input-shape) is not overridden, and throughput must be counted with the batch that really ran.
     """
-    from bnfold.inputs import make_feeds
+    from bnfold.run.inputs import make_feeds
 
     feeds, _specs = make_feeds(variants.feed_model, input_shapes=input_shapes, samples=1, seed=seed, batch=batch)
     feed = feeds[0]

@@ -43,7 +43,7 @@ class Plan:
 
     def runnable_configs(self) -> tuple[list[Config], list[SkippedProvider]]:
         """Configurations whose provider this onnxruntime build has; the others with a reason each."""
-        from bnfold.runtime import PROVIDERS, available_providers
+        from bnfold.run.sessions import PROVIDERS, available_providers
 
         here = set(available_providers())
         skipped = [SkippedProvider(p, f"onnxruntime here has no {PROVIDERS[p][0]}"

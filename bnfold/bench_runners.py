@@ -99,7 +99,7 @@ def prime_provider(provider: str, *, threads: int | None) -> None:
 
 def output_shapes_on_cpu(model, feed: dict[str, np.ndarray]) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """Output shapes and dtypes for *feed*, from one CPU run: CUDA graphs need outputs allocated up front."""
-    from bnfold.runtime import create_session
+    from bnfold.run.sessions import create_session
 
     session = create_session(model, provider="cpu", opt_level="all")
     names = [o.name for o in session.get_outputs()]
@@ -111,7 +111,7 @@ def create_bench_session(model: bytes | str, *, provider: str, opt_level: str, t
                          cuda_graph: bool = False):
     """An onnxruntime session set up for A/B timing; raises RuntimeUnavailableError when *provider* can't run.
 
-    Options and providers as ``bnfold.runtime`` makes them everywhere (among them: intra-op threads that
+    Options and providers as ``bnfold.run.sessions`` makes them everywhere (among them: intra-op threads that
     do not spin-wait after a run, which matters most here: two sessions alternate, and a spinning thread
     pool of one steals cores from the other's next run; on a 2-core machine that tripled the noise of an
     A/A comparison, 95% CI half-width 6.6% vs 0.9% on EfficientNet-B0). What only a benchmark needs:
@@ -121,7 +121,7 @@ def create_bench_session(model: bytes | str, *, provider: str, opt_level: str, t
     import onnxruntime as ort
 
     from bnfold.errors import ModelLoadError, RuntimeUnavailableError
-    from bnfold.runtime import one_line, providers_for, session_options
+    from bnfold.run.sessions import one_line, providers_for, session_options
 
     wanted = providers_for(provider)
     options = session_options(opt_level, threads)

@@ -20,7 +20,6 @@ from typing import Any, NamedTuple
 import onnx
 
 from bnfold import __version__
-from bnfold.detached import detach
 from bnfold.errors import ShapeGuessError, UsageError, VerificationFailed
 from bnfold.fold.cleanup import clean_graph
 from bnfold.fold.driver import AppliedFold, FoldOutcome, RefusedSite, fold_model
@@ -31,6 +30,7 @@ from bnfold.io.external_data import has_external_data
 from bnfold.io.lazy_data import DataFolder
 from bnfold.provenance import add_provenance, strip_provenance
 from bnfold.report import SCHEMA_VERSION, ReportMixin
+from bnfold.run.lending import detach
 
 MAX_REVERTS = 16
 

@@ -19,7 +19,7 @@ from onnx import TensorProto, numpy_helper
 from bnfold.errors import UnsupportedModelError
 from bnfold.fold.graph import subgraphs
 from bnfold.report import ReportMixin
-from bnfold.runtime import ModelSource, create_session, one_line
+from bnfold.run.sessions import ModelSource, create_session, one_line
 
 _FLOATS = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16}
 

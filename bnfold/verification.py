@@ -59,10 +59,10 @@ import onnx
 
 from bnfold.compare import TensorComparison, Tolerance, WorstCase, compare_arrays
 from bnfold.errors import ShapeGuessError, UsageError
-from bnfold.inputs import InputSpec, make_feeds
 from bnfold.io.external_data import has_external_data
 from bnfold.report import SCHEMA_VERSION, ReportMixin
-from bnfold.runtime import ModelSource, create_session, load_graph, one_line
+from bnfold.run.inputs import InputSpec, make_feeds
+from bnfold.run.sessions import ModelSource, create_session, load_graph, one_line
 from bnfold.tensor_plan import TensorPlan, check_same_inputs, plan_tensors
 
 DEFAULT_TOLERANCES: dict[str, Tolerance] = {

@@ -11,7 +11,7 @@ import pytest
 from bnfold.bench import MIN_ROUNDS, benchmark, interleaved_order
 from bnfold.bench_runners import HostRunner, IoBindingRunner, create_bench_session, output_shapes_on_cpu
 from bnfold.errors import ExitCode, InputSpecError, RuntimeUnavailableError, UsageError
-from bnfold.runtime import available_providers
+from bnfold.run.sessions import available_providers
 from tests.builders import GraphBuilder
 
 FAST = dict(warmup=1, iterations=6)

@@ -9,10 +9,10 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from bnfold import detached
-from bnfold.detached import LEND_MIN_BYTES, attach, detach
 from bnfold.errors import ModelLoadError
-from bnfold.runtime import create_session
+from bnfold.run import lending as detached
+from bnfold.run.lending import LEND_MIN_BYTES, attach, detach
+from bnfold.run.sessions import create_session
 from tests.builders import GraphBuilder
 
 FEED = {"x": np.random.default_rng(1).standard_normal((2, 8, 6, 6)).astype(np.float32)}

@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from bnfold.errors import InputSpecError, UsageError
-from bnfold.inputs import DEFAULT_BATCH, DEFAULT_DIM, InputSpec, input_specs, load_feeds, make_feeds, random_feeds
+from bnfold.run.inputs import DEFAULT_BATCH, DEFAULT_DIM, InputSpec, input_specs, load_feeds, make_feeds, random_feeds
 
 
 def model_with_inputs(*inputs: onnx.ValueInfoProto, initializers=()) -> onnx.ModelProto:

@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 
 from bnfold.errors import ModelLoadError, RuntimeUnavailableError, UsageError
-from bnfold.runtime import PROVIDERS, available_providers, create_session, load_graph
+from bnfold.run.sessions import PROVIDERS, available_providers, create_session, load_graph
 from tests.builders import GraphBuilder
 
 

@@ -68,8 +68,8 @@ def _truth(reference: Path, candidate: Path, truth: str | None, inputs, input_sh
     """The float64 comparison on the very feeds verify used (same options, same seed)."""
     if truth is None:
         return ()
-    from bnfold.inputs import make_feeds
     from bnfold.io.model_file import load_model
+    from bnfold.run.inputs import make_feeds
     from bnfold.truth import compare_to_truth
 
     model = load_model(reference)
@@ -98,7 +98,7 @@ def render(report, *, reference: str, candidate: str) -> str:
 
 
 def _input_line(spec) -> str:
-    from bnfold.inputs import format_declared
+    from bnfold.run.inputs import format_declared
 
     text = f"{spec.name} {spec.dtype} {_dims(spec.shape)}"
     if spec.chosen:

@@ -184,7 +184,7 @@ CASES: dict[str, tuple[Callable[[Path], Path], str]] = {
     "external_short": (external_short, "too short"),
 }
 CLICK_PATH_CHECKS = {"missing", "directory"}  # a command may let click refuse these as usage errors (exit 2)
-# `verify` reads models through bnfold.runtime, not bnfold.io.load_model: onnxruntime's own checks refuse most
+# `verify` reads models through bnfold.run.sessions, not bnfold.io.load_model: onnxruntime's own checks refuse most
 # cases (with its own words), so for verify only the exit code, the single line and "nothing written" are held.
 WORDED = {"optimize", "inspect", "bench", "bench-compare"}
 

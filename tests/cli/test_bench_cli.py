@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from bnfold.cli.main import cli
-from bnfold.runtime import available_providers
+from bnfold.run.sessions import available_providers
 from tests.test_bench import conv_bn_relu
 
 FAST = ["--warmup", "1", "--iterations", "5", "--quiet"]

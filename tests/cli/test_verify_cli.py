@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from bnfold.cli.main import cli
-from bnfold.runtime import PROVIDERS, available_providers
+from bnfold.run.sessions import PROVIDERS, available_providers
 from tests.test_verification import (
     hand_fold,
     nan_bias,

@@ -1,4 +1,4 @@
-"""Lending weights to onnxruntime as arrays (bnfold.detached) changes nothing a model computes: bit for bit,
+"""Lending weights to onnxruntime as arrays (bnfold.run.lending) changes nothing a model computes: bit for bit,
 on random CNN graphs before and after folding, with every float initializer lent however small."""
 
 from __future__ import annotations
@@ -8,8 +8,9 @@ import onnx
 import pytest
 from hypothesis import given
 
-from bnfold import detached, optimize
-from bnfold.runtime import create_session
+from bnfold import optimize
+from bnfold.run import lending as detached
+from bnfold.run.sessions import create_session
 from tests.builders import feeds_for, session
 from tests.fuzz.graphs import cnn_models
 from tests.fuzz.test_fuzz_optimize import FUZZ, record

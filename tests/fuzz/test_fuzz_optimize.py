@@ -35,7 +35,7 @@ from onnx import TensorProto, numpy_helper
 
 from bnfold import optimize
 from bnfold.errors import VerificationFailed
-from bnfold.inputs import make_feeds
+from bnfold.run.inputs import make_feeds
 from tests.builders import GraphBuilder, feeds_for, op_count, session
 from tests.fuzz.graphs import BN, cnn_models
 

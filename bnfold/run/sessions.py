@@ -6,8 +6,8 @@ levels, thread counts and error messages are the same everywhere. Two promises k
 - a path is handed to onnxruntime as a path (no parse, no re-serialisation) unless intermediate
   tensors must be exposed as extra outputs; then only the graph is parsed (external data stays on
   disk, found through the model's folder) and serialised once;
-- a ``ModelProto`` (or a :class:`~bnfold.detached.DetachedModel`) is never serialised whole: its
-  structure is, and its large weights are lent to onnxruntime as arrays (:mod:`bnfold.detached`);
+- a ``ModelProto`` (or a :class:`~bnfold.run.lending.DetachedModel`) is never serialised whole: its
+  structure is, and its large weights are lent to onnxruntime as arrays (:mod:`bnfold.run.lending`);
   only where onnxruntime refuses the loan is it serialised, once. Extra outputs are always appended
   as a serialised fragment, so no caller's proto is ever modified. A ``ModelProto`` that still reads
   external data files is refused: onnxruntime finds those only beside a model file, so pass its path.
@@ -23,8 +23,8 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 
-from bnfold.detached import EXTERNAL_FOLDER_KEY, DetachedModel, attach, detach, lend
 from bnfold.errors import ModelLoadError, RuntimeUnavailableError, UsageError
+from bnfold.run.lending import EXTERNAL_FOLDER_KEY, DetachedModel, attach, detach, lend
 
 ModelSource = onnx.ModelProto | DetachedModel | bytes | str | os.PathLike
 
@@ -95,7 +95,7 @@ def _new_session(payload: str | bytes, options: ort.SessionOptions,
 
 def _lent_session(model: DetachedModel, extra: tuple[str, ...], opt_level: str, threads: int | None,
                   providers: tuple[str, ...]) -> ort.InferenceSession:
-    """A session that reads the model's large weights from its arrays (see :mod:`bnfold.detached`); where
+    """A session that reads the model's large weights from its arrays (see :mod:`bnfold.run.lending`); where
     onnxruntime refuses that, one from the whole model serialised (its own error, if any, is raised)."""
     payload = _serialise_with_outputs(model.structure, extra)
     options = session_options(opt_level, threads)

@@ -35,7 +35,7 @@ from onnx import helper
 from bnfold.errors import InputSpecError, ShapeGuessError, UsageError
 from bnfold.fold.graph import runtime_inputs
 from bnfold.report import ReportMixin
-from bnfold.runtime import ModelSource, load_graph
+from bnfold.run.sessions import ModelSource, load_graph
 
 DEFAULT_BATCH = 1
 DEFAULT_DIM = 64
