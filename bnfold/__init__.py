@@ -36,7 +36,7 @@ def __getattr__(name: str):
         from bnfold import optimizer as _m
         return getattr(_m, name)
     if name in ("verify", "VerifyReport"):
-        from bnfold import verification as _m
+        from bnfold.verification import verifier as _m
         return getattr(_m, name)
     if name in ("benchmark", "BenchReport"):
         from bnfold import bench as _m

@@ -253,7 +253,7 @@ class _Checked(NamedTuple):
 def _verify_and_revert(model, outcome: FoldOutcome, refold, reference: Reference, check: dict, revert: bool,
                        data: DataFolder | None) -> _Checked:
     """Verify; while a fold's own tensor diverges, re-fold without it (most upstream first)."""
-    from bnfold.verification import verify as run_verify
+    from bnfold.verification.verifier import verify as run_verify
 
     reverted: list[RevertedFold] = []
     exclude: set[str] = set()

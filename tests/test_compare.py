@@ -8,13 +8,13 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bnfold.compare import SCALE_FLOOR, Tolerance, compare_arrays
+from bnfold.verification.compare import SCALE_FLOOR, Tolerance, compare_arrays
 
 TOL = Tolerance(atol=1e-4, rtol=1e-5)
 
 
 def oracle(r: np.ndarray, c: np.ndarray, tol: Tolerance) -> dict[str, float]:
-    """The rule of bnfold.compare's docstring, spelled out element by element in float64."""
+    """The rule of bnfold.verification.compare's docstring, spelled out element by element in float64."""
     r64, c64 = r.astype(np.float64), c.astype(np.float64)
     finite = np.isfinite(r64) & np.isfinite(c64)
     odd = ~finite

@@ -11,7 +11,7 @@ from onnx import TensorProto, numpy_helper
 
 from bnfold import optimize
 from bnfold.cli.main import cli
-from bnfold.truth import compare_to_truth, upcast_to_float64
+from bnfold.verification.truth import compare_to_truth, upcast_to_float64
 from tests.builders import GraphBuilder, feeds_for
 
 

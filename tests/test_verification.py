@@ -13,10 +13,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from bnfold.compare import Tolerance, WorstCase, compare_arrays
 from bnfold.errors import InputSpecError, UsageError
 from bnfold.report import SCHEMA_VERSION
-from bnfold.verification import DEFAULT_TOLERANCES, VerifyReport, verify
+from bnfold.verification.compare import Tolerance, WorstCase, compare_arrays
+from bnfold.verification.verifier import DEFAULT_TOLERANCES, VerifyReport, verify
 from tests.builders import GraphBuilder
 
 Tamper = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]

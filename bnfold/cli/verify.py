@@ -45,7 +45,7 @@ def verify_command(reference: Path, candidate: Path, atol: float | None, rtol: f
     Exit codes: 0 match; 1 mismatch; 2 usage; 3 model or inputs unusable; 4 report cannot be written.
     """
     from bnfold.io.atomic import require_folder, write_text_atomic
-    from bnfold.verification import verify
+    from bnfold.verification.verifier import verify
 
     if json_path is not None:
         require_folder(json_path)  # fail before the (possibly long) run, not after it
@@ -70,7 +70,7 @@ def _truth(reference: Path, candidate: Path, truth: str | None, inputs, input_sh
         return ()
     from bnfold.io.model_file import load_model
     from bnfold.run.inputs import make_feeds
-    from bnfold.truth import compare_to_truth
+    from bnfold.verification.truth import compare_to_truth
 
     model = load_model(reference)
     feeds, _ = make_feeds(model, inputs=inputs, input_shapes=dict(input_shapes) or None, samples=samples,

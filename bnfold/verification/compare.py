@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bnfold.cosine import cosine, cosine_from_difference
 from bnfold.report import ReportMixin
+from bnfold.verification.cosine import cosine, cosine_from_difference
 
 SCALE_FLOOR = 1.0  # atol scales with the channel's max|r| only above 1: below, it is absolute
 REL_FLOOR = 1e-3  # max_rel_error divides by max(|r|, REL_FLOOR * max|r|): near-zero refs don't explode it

@@ -12,7 +12,7 @@ intermediate tensors can be added, both made extra graph outputs on both sides:
   topological) and the node producing it. Same name must mean same value: a folder keeps the
   BatchNormalization's output name for the fused node, as bnfold and onnxruntime do.
 
-Tolerances, by the reference tensor's dtype; the rule (:mod:`bnfold.compare`) is, per element,
+Tolerances, by the reference tensor's dtype; the rule (:mod:`bnfold.verification.compare`) is, per element,
 ``|c - r| <= atol * max(1, max|r| of its channel) + rtol * |r|``. ``atol=`` / ``rtol=`` override
 them for float tensors; integer and bool tensors must match exactly.
 
@@ -57,13 +57,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from bnfold.compare import TensorComparison, Tolerance, WorstCase, compare_arrays
 from bnfold.errors import ShapeGuessError, UsageError
 from bnfold.io.external_data import has_external_data
 from bnfold.report import SCHEMA_VERSION, ReportMixin
 from bnfold.run.inputs import InputSpec, make_feeds
 from bnfold.run.sessions import ModelSource, create_session, load_graph, one_line
-from bnfold.tensor_plan import TensorPlan, check_same_inputs, plan_tensors
+from bnfold.verification.compare import TensorComparison, Tolerance, WorstCase, compare_arrays
+from bnfold.verification.tensor_plan import TensorPlan, check_same_inputs, plan_tensors
 
 DEFAULT_TOLERANCES: dict[str, Tolerance] = {
     "float64": Tolerance(atol=1e-9, rtol=1e-10),
