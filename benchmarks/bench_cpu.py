@@ -19,8 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # for the `models` package and an uninstalled bnfold
 
 import bnfold  # noqa: E402
-from bnfold.bench_render import render_report  # noqa: E402
-from bnfold.bench_stats import SpeedupEstimate, ci_half_width_percent  # noqa: E402
+from bnfold.bench.render import render_report  # noqa: E402
+from bnfold.bench.statistics import SpeedupEstimate, ci_half_width_percent  # noqa: E402
 
 CORPUS_MODEL = REPO.parent / "shared" / "corpus" / "exp__monai_efficientnetb0_2d__ts.onnx"
 

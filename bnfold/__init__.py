@@ -39,7 +39,7 @@ def __getattr__(name: str):
         from bnfold.verification import verifier as _m
         return getattr(_m, name)
     if name in ("benchmark", "BenchReport"):
-        from bnfold import bench as _m
+        from bnfold.bench import benchmark as _m
         return getattr(_m, name)
     if name in ("inspect", "InspectReport"):
         from bnfold import inspection as _m

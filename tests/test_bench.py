@@ -8,8 +8,8 @@ import numpy as np
 import onnx
 import pytest
 
-from bnfold.bench import MIN_ROUNDS, benchmark, interleaved_order
-from bnfold.bench_runners import HostRunner, IoBindingRunner, create_bench_session, output_shapes_on_cpu
+from bnfold.bench.benchmark import MIN_ROUNDS, benchmark, interleaved_order
+from bnfold.bench.runners import HostRunner, IoBindingRunner, create_bench_session, output_shapes_on_cpu
 from bnfold.errors import ExitCode, InputSpecError, RuntimeUnavailableError, UsageError
 from bnfold.run.sessions import available_providers
 from tests.builders import GraphBuilder
@@ -191,7 +191,7 @@ def test_device_results_render_with_device_columns_and_tensorrt_note(model_pair,
     """The GPU report path (device latency, TensorRT note) rendered from a CPU report relabelled as one."""
     from dataclasses import replace
 
-    from bnfold.bench_render import render_report
+    from bnfold.bench.render import render_report
 
     report = benchmark(model_pair[0], compare=model_pair[1], opt_levels=("all",), **FAST)
     results = tuple(replace(r, provider="tensorrt", device_p50_ms=r.p50_ms / 2, device_throughput_per_s=1.0)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bnfold import bench_stats
-from bnfold.bench_stats import (
+from bnfold.bench import statistics as bench_stats
+from bnfold.bench.statistics import (
     bootstrap_round_ratio,
     bootstrap_speedup,
     ci_half_width_percent,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from bnfold.bench_plan import OPT_LEVEL_NAMES, PROVIDER_NAMES
+from bnfold.bench.plan import OPT_LEVEL_NAMES, PROVIDER_NAMES
 from bnfold.cli.options import input_shape_option
 from bnfold.io.atomic import require_folder, write_text_atomic
 
@@ -91,14 +91,14 @@ def bench_command(model: str, compare: str | None, providers: tuple[str, ...], o
     by default; the speedup is baseline p50 / candidate p50 with a 95% bootstrap confidence interval.
     A provider that cannot run here is skipped with one line on stderr; exit 3 if nothing ran.
     """
-    from bnfold.bench import benchmark
-    from bnfold.bench_render import render_report
+    from bnfold.bench.benchmark import benchmark
+    from bnfold.bench.render import render_report
 
     for out in (json_path, plot_path):  # fail now, not after minutes of measuring
         if out is not None:
             require_folder(Path(out))
     if plot_path is not None:
-        from bnfold.plot import require_matplotlib
+        from bnfold.bench.plot import require_matplotlib
 
         require_matplotlib()
     bar = _ProgressBar() if not quiet and sys.stderr.isatty() else None
@@ -116,7 +116,7 @@ def bench_command(model: str, compare: str | None, providers: tuple[str, ...], o
         write_text_atomic(json_path, report.to_json() + "\n")
         click.echo(f"wrote {json_path}", err=True)
     if plot_path is not None:
-        from bnfold.plot import plot_report
+        from bnfold.bench.plot import plot_report
 
         plot_report(report, plot_path)
         click.echo(f"wrote {plot_path}", err=True)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from bnfold.bench_plan import PROVIDER_NAMES
+from bnfold.bench.plan import PROVIDER_NAMES
 from bnfold.cli.optimize_file import FileOutcome, OptimizeSettings, optimize_file
 from bnfold.cli.options import input_options, rule_options
 from bnfold.cli.render import render

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from bnfold.bench_plan import PROVIDER_NAMES
+from bnfold.bench.plan import PROVIDER_NAMES
 from bnfold.cli.options import input_options
 from bnfold.errors import VerificationFailed
 

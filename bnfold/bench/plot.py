@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bnfold.bench_render import display_name
-from bnfold.bench_report import BenchComparison, BenchReport
+from bnfold.bench.render import display_name
+from bnfold.bench.report import BenchComparison, BenchReport
 from bnfold.errors import OutputWriteError, UsageError
 
 _INSTALL_HINT = "--plot needs matplotlib: pip install 'bnfold[plot]'"

@@ -19,11 +19,10 @@ from time import perf_counter_ns
 
 import numpy as np
 
-from bnfold.bench_env import collect_environment
-from bnfold.bench_models import ModelInput, Variant, Variants, prepare_variants
-from bnfold.bench_plan import Config, Plan, make_plan
-from bnfold.bench_report import BenchComparison, BenchReport, BenchResult, SkippedProvider
-from bnfold.bench_runners import (
+from bnfold.bench.machine import collect_environment
+from bnfold.bench.plan import Config, Plan, make_plan
+from bnfold.bench.report import BenchComparison, BenchReport, BenchResult, SkippedProvider
+from bnfold.bench.runners import (
     DEVICE_PROVIDERS,
     HostRunner,
     IoBindingRunner,
@@ -32,7 +31,8 @@ from bnfold.bench_runners import (
     output_shapes_on_cpu,
     prime_provider,
 )
-from bnfold.bench_stats import bootstrap_round_ratio, bootstrap_speedup, summarize_ns, throughput_per_s
+from bnfold.bench.statistics import bootstrap_round_ratio, bootstrap_speedup, summarize_ns, throughput_per_s
+from bnfold.bench.variants import ModelInput, Variant, Variants, prepare_variants
 from bnfold.errors import InputSpecError, RuntimeUnavailableError
 from bnfold.report import SCHEMA_VERSION
 from bnfold.run.sessions import one_line

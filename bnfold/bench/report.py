@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bnfold.bench_env import BenchEnvironment
+from bnfold.bench.machine import BenchEnvironment
 from bnfold.report import ReportMixin
 
 OPT_LEVEL_NOTE = (

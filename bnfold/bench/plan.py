@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bnfold.bench_report import BenchSettings, SkippedProvider
+from bnfold.bench.report import BenchSettings, SkippedProvider
 from bnfold.errors import UsageError
 
 PROVIDER_NAMES = ("cpu", "cuda", "tensorrt")

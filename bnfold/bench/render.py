@@ -5,7 +5,7 @@ from __future__ import annotations
 import textwrap
 from pathlib import PurePath
 
-from bnfold.bench_report import BenchComparison, BenchReport, BenchResult
+from bnfold.bench.report import BenchComparison, BenchReport, BenchResult
 
 _COLUMNS = ("model", "p50 ms", "p90 ms", "p99 ms", "mean±std ms", "min ms", "items/s", "create ms", "1st run ms")
 _DEVICE_COLUMNS = ("device p50 ms", "device items/s")
