@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from bnfold.cli.main import cli
 from bnfold.run.sessions import available_providers
-from tests.test_bench import conv_bn_relu
+from tests.bench.test_benchmark import conv_bn_relu
 
 FAST = ["--warmup", "1", "--iterations", "5", "--quiet"]
 no_cuda = pytest.mark.skipif("cuda" in available_providers(), reason="this onnxruntime has CUDA")

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from bnfold.cli.main import cli
 from bnfold.run.sessions import PROVIDERS, available_providers
-from tests.test_verification import (
+from tests.verification.test_verifier import (
     hand_fold,
     nan_bias,
     nudge_bias,

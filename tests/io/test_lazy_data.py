@@ -19,7 +19,7 @@ from bnfold.io import model_file as io
 from bnfold.io.lazy_data import DataFolder
 from bnfold.optimizer import optimize
 from tests.builders import GraphBuilder, feeds_for, op_count, run
-from tests.test_external_data import write_external_model
+from tests.io.test_external_data import write_external_model
 
 EXTERNAL = TensorProto.EXTERNAL
 
