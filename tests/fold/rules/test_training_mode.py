@@ -4,6 +4,8 @@ No rule may fold it: it is refused statically as training_mode, never left to ve
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import onnx
 import pytest
@@ -12,6 +14,7 @@ from onnx import helper
 from bnfold import optimize
 from bnfold.reasons import Reason
 from tests.builders import GraphBuilder, assert_refused, feeds_for, run
+from tests.fold.rules.safety import SafetyCase
 
 FIVE = ["y", "running_mean", "running_var", "saved_mean", "saved_var"]
 
@@ -108,3 +111,15 @@ def test_opset14_training_mode_attribute_is_refused_and_inference_form_folds():
     b = GraphBuilder(opset=14, seed=5)
     b.output(b.bn(b.conv(b.input("x", [2, 3, 6, 6]), 4), training_mode=0), shape=None)
     assert [f.rule for f in optimize(b.build(), verify=False).report.applied] == ["conv_bn"]
+
+
+# ---- the cases the tier without verification folds (tests/fold/rules/test_safe_without_verification.py) -----
+
+SAFETY_CASES = {
+    **{f"training-{kind}-opset{opset}": SafetyCase(functools.partial(training_model, kind, opset, FIVE), kind,
+                                                   Reason.TRAINING_MODE)
+       for kind in KINDS for opset in (7, 9, 13)},
+    "training-running-stats-only": SafetyCase(functools.partial(training_model, "conv_bn", 9, FIVE[:3] + ["", ""]),
+                                              "conv_bn", Reason.TRAINING_MODE),
+    "inference-form-opset9": SafetyCase(functools.partial(training_model, "conv_bn", 9, ["y"]), "conv_bn"),
+}
