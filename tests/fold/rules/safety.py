@@ -1,5 +1,6 @@
 """What a rule's test module offers the tier that folds without verification
-(tests/fold/rules/test_safe_without_verification.py): ``SAFETY_CASES``, a dict of id -> SafetyCase.
+(tests/fold/rules/test_safe_without_verification.py): ``SAFETY_CASES``, a dict of id -> SafetyCase, in the
+rule's test module or, where that module is long already, in ``cases_<rule>.py`` beside it.
 
 Every rule's test module lists its positive cases (``reason=None``: *rule* must fold something) and one
 negative case per refusal it can give (*reason*: the site is refused for it). The tier folds each with

@@ -1,6 +1,7 @@
 """The tier that folds without verification: every rule's positive and negative cases (``SAFETY_CASES`` in
-each rule's test module, see tests/fold/rules/safety.py) go through ``optimize(verify=False)`` and the
-result is run in onnxruntime against the original. Verification may revert a bad fold; no rule may need it.
+each rule's test module or its ``cases_<rule>.py``, see tests/fold/rules/safety.py) go through
+``optimize(verify=False)`` and the result is run in onnxruntime against the original. Verification may
+revert a bad fold; no rule may need it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ NOT_STATIC = frozenset({Reason.REVERTED_BY_VERIFICATION, Reason.RULE_DISABLED})
 def _collect() -> dict[str, SafetyCase]:
     cases: dict[str, SafetyCase] = {}
     for info in pkgutil.iter_modules(rule_tests.__path__):
-        if info.name.startswith("test_") and info.name != "test_safe_without_verification":
+        if info.name.startswith(("test_", "cases_")) and info.name != "test_safe_without_verification":
             module = importlib.import_module(f"{rule_tests.__name__}.{info.name}")
             for name, case in getattr(module, "SAFETY_CASES", {}).items():
                 assert name not in cases, f"duplicate safety case {name} in {info.name}"
