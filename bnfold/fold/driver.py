@@ -3,7 +3,8 @@ anchor node, rewrite the first plan, and repeat until a pass changes nothing (wi
 
 It records every applied fold and, from the last (quiet) pass, every site left in place with its
 reason. ``exclude`` names sites (``graph:anchor-output``) that must not fold: verification uses it
-to revert exactly the folds that failed.
+to revert exactly the folds that failed. ``fold_and_clean`` is what ``optimize`` runs: the driver between
+two cleanups, with the initializers an IR-3 model lists as inputs folded as the constants they are.
 """
 
 from __future__ import annotations
