@@ -48,8 +48,10 @@ def training_form(opset: int, attrs: dict, outputs: int) -> str:
     Opset 14+ says so with ``training_mode``; opsets 7-13 have no attribute: a node with more than one
     output slot (named or left empty, read or not) is in training mode, as the spec defines and as
     onnxruntime runs it; before opset 7, ``is_test=0`` means training."""
+    if attrs.get("training_mode", 0) == 1:  # (before opset 14 the attribute is invalid: refused all the same)
+        return "training_mode=1"
     if opset >= 14:
-        return "training_mode=1" if attrs.get("training_mode", 0) == 1 else ""
+        return ""
     if opset >= 7:
         return f"opset {opset} with {outputs} outputs (more than one means training mode)" if outputs > 1 else ""
     return "is_test=0" if attrs.get("is_test", 0) == 0 else ""

@@ -123,3 +123,11 @@ SAFETY_CASES = {
                                               "conv_bn", Reason.TRAINING_MODE),
     "inference-form-opset9": SafetyCase(functools.partial(training_model, "conv_bn", 9, ["y"]), "conv_bn"),
 }
+
+
+def test_training_mode_attribute_before_opset14_is_refused_too():
+    """An opset-13 node carrying opset 14's training_mode=1 (invalid, so not run): refused, never folded."""
+    b = GraphBuilder(opset=13, seed=6)
+    b.output(b.bn(b.conv(b.input("x", [2, 3, 6, 6]), 4), training_mode=1), shape=None)
+    result = assert_refused(b.build(), Reason.TRAINING_MODE, runnable=False)
+    assert result.report.refused[0].detail == "training_mode=1"
