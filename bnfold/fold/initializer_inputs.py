@@ -39,7 +39,7 @@ def hold(model: onnx.ModelProto, *, freeze: bool) -> HeldInputs | None:
     """Take the initializer-backed entries out of the main graph's inputs where they are constants (IR < 4)
     or the user froze them; None where there is nothing to hold."""
     graph = model.graph
-    old_ir = model.ir_version < FIRST_IR_WITH_OPTIONAL_INPUTS
+    old_ir = 0 < model.ir_version < FIRST_IR_WITH_OPTIONAL_INPUTS  # (0: unset, no IR to go by: left as it was)
     if not (old_ir or freeze):
         return None
     initializers = {t.name for t in graph.initializer}
