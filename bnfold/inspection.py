@@ -77,9 +77,10 @@ class InspectReport(ReportMixin):
 
 
 def inspect(model_or_path: onnx.ModelProto | str | os.PathLike, *, rules: Sequence[str] | None = None,
-            skip_rules: Sequence[str] | None = None) -> InspectReport:
+            skip_rules: Sequence[str] | None = None, freeze_initializers: bool = False) -> InspectReport:
     """Say, for every BatchNormalization in every graph, whether ``optimize`` folds it (and by which rule)
     or why not; likewise for the affine Mul/Add/Sub/Div sites. The model is never modified.
+    ``freeze_initializers``: answer as ``optimize(..., freeze_initializers=True)`` would fold.
 
     Raises what ``bnfold.io.load_model`` raises for an unreadable path, and UsageError for unknown rules.
     """
@@ -92,7 +93,8 @@ def inspect(model_or_path: onnx.ModelProto | str | os.PathLike, *, rules: Sequen
 
         original, label = load_model(model_or_path, load_external_data=False), os.fspath(model_or_path)
         model_or_path = label
-    report = optimize(model_or_path, rules=rules, skip_rules=skip_rules, verify=False, metadata=False).report
+    report = optimize(model_or_path, rules=rules, skip_rules=skip_rules, verify=False, metadata=False,
+                      freeze_initializers=freeze_initializers).report
     applied = {fold.key: fold for fold in report.applied}
     refused = {site.key: site for site in report.refused}
     batchnorms: list[BatchNormSite] = []

@@ -21,8 +21,7 @@ import onnx
 
 from bnfold import __version__
 from bnfold.errors import ShapeGuessError, UsageError, VerificationFailed
-from bnfold.fold.cleanup import clean_graph
-from bnfold.fold.driver import AppliedFold, FoldOutcome, RefusedSite, fold_model
+from bnfold.fold.driver import AppliedFold, FoldOutcome, RefusedSite, fold_and_clean
 from bnfold.fold.rules import RULE_NAMES, RULES, Rule
 from bnfold.fold.sizes import ModelStats, model_stats
 from bnfold.fold.skeleton import skeleton
@@ -76,11 +75,12 @@ class FoldReport(ReportMixin):
     bnfold_version: str = __version__
 
     cleaned: bool = False
+    removed_inputs: tuple[str, ...] = ()  # initializer-backed graph inputs taken out (freeze_initializers)
 
     @property
     def changed(self) -> bool:
-        """True when the model differs from the input (folds applied or dead tensors removed)."""
-        return bool(self.applied) or self.cleaned
+        """True when the model differs from the input (folds applied, dead tensors or frozen inputs removed)."""
+        return bool(self.applied) or self.cleaned or bool(self.removed_inputs)
 
 
 @dataclass(frozen=True)
@@ -141,11 +141,10 @@ def _load(model_or_path: onnx.ModelProto | str | os.PathLike) -> tuple[onnx.Mode
     return model, os.fspath(model_or_path), data, external
 
 
-def _fold(model: onnx.ModelProto, enabled, disabled, exclude, metadata: bool, data: DataFolder | None) -> FoldOutcome:
-    cleaned_first = clean_graph(model.graph)  # a dead reader must not block a fold it would later vanish from
-    outcome = fold_model(model, enabled, disabled=disabled, exclude=exclude, data=data)
-    outcome.cleaned = clean_graph(model.graph) or cleaned_first
-    if metadata and (outcome.applied or outcome.cleaned):
+def _fold(model: onnx.ModelProto, enabled, disabled, exclude, metadata: bool, data: DataFolder | None,
+          freeze: bool = False) -> FoldOutcome:
+    outcome = fold_and_clean(model, enabled, disabled=disabled, exclude=exclude, data=data, freeze_initializers=freeze)
+    if metadata and (outcome.applied or outcome.cleaned or outcome.removed_inputs):
         strip_provenance(model)  # before any serialisation: this run's entries replace earlier ones
     return outcome
 
@@ -155,14 +154,16 @@ def optimize(model_or_path: onnx.ModelProto | str | os.PathLike, *, rules: Seque
              strict: bool = False, force: bool = False, inputs: str | os.PathLike | None = None,
              input_shapes: Mapping[str, Sequence[int]] | None = None, samples: int = 2, seed: int = 0,
              value_range: tuple[float, float] | None = None, atol: float | None = None,
-             rtol: float | None = None, provider: str = "cpu", metadata: bool = True) -> OptimizeResult:
+             rtol: float | None = None, provider: str = "cpu", metadata: bool = True,
+             freeze_initializers: bool = False) -> OptimizeResult:
     """Fold every BatchNormalization (and affine chain) that folds exactly; verify; report.
 
     A ModelProto argument is never modified (a copy is folded). With ``verify`` (default) the result is
     checked in onnxruntime against the original, including the output tensor of every fold; a fold whose
     tensor diverges is reverted (``revert``) and the rest re-checked. If outputs still differ,
     VerificationFailed is raised unless ``force``. If onnxruntime rejects the default input shapes, the
-    result is returned marked "not_verified" (or VerificationFailed with ``strict``).
+    result is returned marked "not_verified" (or VerificationFailed with ``strict``). ``freeze_initializers``:
+    take initializers out of the graph inputs (IR >= 4: overridable, so refused otherwise) and fold them.
     """
     enabled, disabled = select_rules(rules, skip_rules)
     model, reference, data, external = _load(model_or_path)
@@ -170,12 +171,12 @@ def optimize(model_or_path: onnx.ModelProto | str | os.PathLike, *, rules: Seque
     if verify:
         reference = _reference(model, reference)
     started = time.perf_counter()
-    outcome = _fold(model, enabled, disabled, frozenset(), metadata, data)
+    outcome = _fold(model, enabled, disabled, frozenset(), metadata, data, freeze_initializers)
     _release_freed_memory()
     fold_seconds = time.perf_counter() - started
     check = dict(inputs=inputs, input_shapes=input_shapes, samples=samples, seed=seed, value_range=value_range,
                  atol=atol, rtol=rtol, provider=provider)
-    refold = functools.partial(_refold, model_or_path, enabled, disabled, metadata)
+    refold = functools.partial(_refold, model_or_path, enabled, disabled, metadata, freeze_initializers)
     reverted: tuple[RevertedFold, ...] = ()
     verification, summary = None, VerificationSummary("skipped", "verification disabled")
     if verify and not outcome.applied:
@@ -186,7 +187,8 @@ def optimize(model_or_path: onnx.ModelProto | str | os.PathLike, *, rules: Seque
     report = FoldReport(rules=tuple(r.name for r in enabled), applied=tuple(outcome.applied),
                         refused=tuple(outcome.refused), reverted=reverted, tensor_map=outcome.tensor_map,
                         before=before, after=model_stats(model), passes=outcome.passes,
-                        fold_seconds=round(fold_seconds, 6), verification=summary, cleaned=outcome.cleaned)
+                        fold_seconds=round(fold_seconds, 6), verification=summary, cleaned=outcome.cleaned,
+                        removed_inputs=tuple(outcome.removed_inputs))
     if metadata and report.changed:
         add_provenance(model, report)
     result = OptimizeResult(model=model, report=report, verification=verification, source_external_data=external,
@@ -221,9 +223,10 @@ def _raise_on_failure(result: OptimizeResult, *, strict: bool, force: bool) -> N
         raise VerificationFailed(f"not verified (--strict): {result.report.verification.message}", result.report)
 
 
-def _refold(source, enabled, disabled, metadata, exclude: frozenset[str]) -> tuple[onnx.ModelProto, FoldOutcome]:
+def _refold(source, enabled, disabled, metadata, freeze: bool,
+            exclude: frozenset[str]) -> tuple[onnx.ModelProto, FoldOutcome]:
     model, _, data, _ = _load(source)  # a fresh original: from disk (lazily), or a copy of the caller's proto
-    return model, _fold(model, enabled, disabled, exclude, metadata, data)
+    return model, _fold(model, enabled, disabled, exclude, metadata, data, freeze)
 
 
 def _candidate(model: onnx.ModelProto, scratch: Callable[[], str], data: DataFolder | None) -> Any:

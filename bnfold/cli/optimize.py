@@ -8,7 +8,7 @@ import click
 
 from bnfold.bench.plan import PROVIDER_NAMES
 from bnfold.cli.optimize_file import FileOutcome, OptimizeSettings, optimize_file
-from bnfold.cli.options import input_options, rule_options
+from bnfold.cli.options import freeze_initializers_option, input_options, rule_options
 from bnfold.cli.render import render
 from bnfold.errors import ExitCode
 
@@ -20,6 +20,7 @@ from bnfold.errors import ExitCode
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
               help="Write the JSON report here (a folder in folder mode).")
 @rule_options
+@freeze_initializers_option
 @click.option("--no-verify", is_flag=True, help="Skip the onnxruntime equivalence check.")
 @click.option("--no-revert", is_flag=True, help="Fail instead of reverting folds whose tensors diverge.")
 @click.option("--force", is_flag=True, help="Write the result even if verification fails.")
@@ -37,7 +38,7 @@ from bnfold.errors import ExitCode
 def optimize_command(source: Path, output: Path | None, json_path: Path | None, rules, skip_rules, no_verify: bool,
                      no_revert: bool, force: bool, strict: bool, check: bool, in_place: bool, no_metadata: bool,
                      atol, rtol, provider: str, jobs, recursive: bool, quiet: bool, input_shapes, inputs, samples,
-                     seed, value_range) -> None:
+                     seed, value_range, freeze_initializers: bool) -> None:
     """Fold every BatchNormalization that folds exactly into its neighbours, verify, and write the result.
 
     Exit codes: 0 ok; 1 verification failed or --check found foldable BatchNormalization; 2 usage;
@@ -50,7 +51,7 @@ def optimize_command(source: Path, output: Path | None, json_path: Path | None, 
         rules=rules, skip_rules=skip_rules, verify=not no_verify, revert=not no_revert, force=force,
         strict=strict, metadata=not no_metadata, check=check, in_place=in_place, inputs=inputs,
         input_shapes=dict(input_shapes), samples=samples, seed=seed, value_range=value_range, atol=atol,
-        rtol=rtol, provider=provider)
+        rtol=rtol, provider=provider, freeze_initializers=freeze_initializers)
     if source.is_dir():
         from bnfold.cli.folder import optimize_folder
 

@@ -35,6 +35,7 @@ class OptimizeSettings:
     atol: float | None = None
     rtol: float | None = None
     provider: str = "cpu"
+    freeze_initializers: bool = False
 
 
 @dataclass
@@ -107,7 +108,8 @@ def _run(source: Path, output: Path | None, settings: OptimizeSettings, outcome:
                       strict=settings.strict, force=settings.force, inputs=settings.inputs,
                       input_shapes=settings.input_shapes or None, samples=settings.samples, seed=settings.seed,
                       value_range=settings.value_range, atol=settings.atol, rtol=settings.rtol,
-                      provider=settings.provider, metadata=settings.metadata)
+                      provider=settings.provider, metadata=settings.metadata,
+                      freeze_initializers=settings.freeze_initializers)
     outcome.report = result.report
     outcome.size_before = source.stat().st_size
     if settings.check:

@@ -64,6 +64,12 @@ def input_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return functools.reduce(lambda f, opt: opt(f), reversed(options), func)
 
 
+freeze_initializers_option = click.option(
+    "--freeze-initializers", is_flag=True,
+    help="Take initializers out of the graph inputs (IR >= 4: callers could override them, so they are refused "
+         "otherwise) and fold them; the report lists the inputs removed. Only for models nobody feeds them to.")
+
+
 def _rule_list(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[str, ...] | None:
     return None if value is None else tuple(v.strip() for v in value.split(",") if v.strip())
 

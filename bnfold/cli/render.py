@@ -91,5 +91,8 @@ def render(report, *, source: str, target: str | None, size_before: int | None, 
     head = f"bnfold optimize {source}" + (f" -> {target}" if target else " (nothing written)")
     lines = [head, *stats_table(report, size_before, size_after),
              f"  time {seconds:.2f} s (fold {report.fold_seconds:.2f} s)", folds_line(report)]
+    if report.removed_inputs:  # --freeze-initializers
+        removed = list(report.removed_inputs)
+        lines.append(f"Removed {len(removed)} initializer-backed graph inputs: {some_names(removed)}")
     lines += reverted_lines(report) + refused_lines(report) + [verification_line(report)]
     return "\n".join(lines)

@@ -7,6 +7,8 @@ left dead, infers ranks where a rule must prove an axis, and sizes models.
 
 May import: ``bnfold.io`` and the shared modules (``errors``, ``reasons``, ``report``); never onnxruntime.
 
-Entry points: ``driver.fold_model`` (the fixed-point driver), ``rules.RULES`` / ``rules.RULE_NAMES``,
+Entry points: ``driver.fold_model`` (the fixed-point driver), ``driver.fold_and_clean`` (that between two
+cleanups, with initializers listed as graph inputs handled by ``initializer_inputs``: constants in IR 3,
+overridable from IR 4 on unless frozen), ``rules.RULES`` / ``rules.RULE_NAMES``,
 ``cleanup.clean_graph``, ``sizes.model_stats``, ``graph.GraphIndex``, ``skeleton.skeleton``.
 """

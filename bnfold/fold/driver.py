@@ -3,7 +3,8 @@ anchor node, rewrite the first plan, and repeat until a pass changes nothing (wi
 
 It records every applied fold and, from the last (quiet) pass, every site left in place with its
 reason. ``exclude`` names sites (``graph:anchor-output``) that must not fold: verification uses it
-to revert exactly the folds that failed.
+to revert exactly the folds that failed. ``fold_and_clean`` is what ``optimize`` runs: the driver between
+two cleanups, with the initializers an IR-3 model lists as inputs folded as the constants they are.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import TYPE_CHECKING
 
 import onnx
 
+from bnfold.fold import initializer_inputs
+from bnfold.fold.cleanup import clean_graph
 from bnfold.fold.constant_eval import DEFAULT_DOMAINS
 from bnfold.fold.graph import GraphIndex, NameAllocator, subgraphs
 from bnfold.fold.ranks import RankOracle
@@ -61,6 +64,7 @@ class FoldOutcome:
     _mapped_to: dict[str, list[str]] = field(default_factory=dict, repr=False)  # survivor -> removed names
     passes: int = 0
     cleaned: bool = False  # cleanup removed dead constants/initializers/value_info
+    removed_inputs: list[str] = field(default_factory=list)  # initializer-backed inputs frozen (taken out)
 
 
 def ai_onnx_opset(model: onnx.ModelProto) -> int:
@@ -97,6 +101,20 @@ def fold_model(model: onnx.ModelProto, rules: Sequence[Rule], *, disabled: Seque
     outcome = FoldOutcome()
     for index in graph_indexes(model, data):
         _fold_graph(index, rules, disabled, exclude, outcome)
+    return outcome
+
+
+def fold_and_clean(model: onnx.ModelProto, rules: Sequence[Rule], *, disabled: Sequence[Rule] = (),
+                   exclude: frozenset[str] = frozenset(), data: DataFolder | None = None,
+                   freeze_initializers: bool = False) -> FoldOutcome:
+    """``fold_model`` between two cleanups (a dead reader must not block a fold it would later vanish from),
+    with initializers listed as graph inputs treated as ``initializer_inputs`` explains: constants in IR 3
+    (the model stays valid IR 3), overridable from IR 4 on unless *freeze_initializers* takes them out."""
+    held = initializer_inputs.hold(model, freeze=freeze_initializers)
+    cleaned_first = clean_graph(model.graph)
+    outcome = fold_model(model, rules, disabled=disabled, exclude=exclude, data=data)
+    outcome.cleaned = clean_graph(model.graph) or cleaned_first
+    outcome.removed_inputs = initializer_inputs.release(model, held)
     return outcome
 
 

@@ -183,9 +183,21 @@ def light_resnet() -> onnx.ModelProto:
     return model
 
 
-def test_light_resnet50_as_shipped_is_all_overridable(light_resnet):
-    """IR 3 lists every initializer as a graph input: users may override them, so nothing may fold."""
+def test_light_resnet50_as_shipped_folds_every_bn(light_resnet):
+    """IR 3 lists every initializer as a graph input because it must; onnxruntime does not let them be fed,
+    so they are constants and every BN folds (the IR-3 input list is kept valid: tests/fold/test_ir3_models.py).
+    Was refused as overridable_initializer before issue 12."""
     result = optimize(light_resnet, verify=False)
+    assert len(result.report.applied) == 53 and result.report.refused == ()
+    assert result.report.after.batchnorms == 0 and result.model.ir_version == 3
+
+
+def test_light_resnet50_as_ir4_with_weights_as_inputs_is_all_overridable(light_resnet):
+    """The same graph marked IR 4: initializers listed as inputs are overridable now, so nothing may fold."""
+    model = onnx.ModelProto()
+    model.CopyFrom(light_resnet)
+    model.ir_version = 4
+    result = optimize(model, verify=False)
     assert result.report.applied == ()
     reasons = Counter(s.reason for s in result.report.refused)
     assert reasons == Counter({Reason.OVERRIDABLE_INITIALIZER: 53})

@@ -18,8 +18,9 @@ Affine = tuple[np.ndarray, np.ndarray]
 def bn_affine(g: GraphIndex, bn: onnx.NodeProto) -> Affine | Refusal:
     """(scale, shift) of an inference-mode BatchNormalization, or why it isn't one."""
     attrs = attribute_values(bn)
-    if attrs.get("training_mode", 0) == 1 or (g.opset < 7 and attrs.get("is_test", 0) == 0):
-        return Refusal(Reason.TRAINING_MODE, "training_mode=1" if g.opset >= 14 else "is_test=0")
+    training = training_form(g.opset, attrs, len(bn.output))
+    if training:
+        return Refusal(Reason.TRAINING_MODE, training)
     if g.opset < 9 and attrs.get("spatial", 1) == 0:
         return Refusal(Reason.SPATIAL_ZERO, "spatial=0")
     extra = [o for o in bn.output[1:] if o and (g.readers(o) or g.is_graph_output(o))]
@@ -39,6 +40,21 @@ def bn_affine(g: GraphIndex, bn: onnx.NodeProto) -> Affine | Refusal:
         return Refusal(Reason.SHAPE_MISMATCH, f"parameter shapes {[p.shape for p in params]}")
     with np.errstate(divide="ignore", invalid="ignore"):  # var + eps <= 0: non-finite, refused when rounding
         return fold_math.bn_scale_shift(*params, eps=attrs.get("epsilon", 1e-5))
+
+
+def training_form(opset: int, attrs: dict, outputs: int) -> str:
+    """Why a BatchNormalization computes with batch statistics, or "" where it is in inference form.
+
+    Opset 14+ says so with ``training_mode``; opsets 7-13 have no attribute: a node with more than one
+    output slot (named or left empty, read or not) is in training mode, as the spec defines and as
+    onnxruntime runs it; before opset 7, ``is_test=0`` means training."""
+    if attrs.get("training_mode", 0) == 1:  # (before opset 14 the attribute is invalid: refused all the same)
+        return "training_mode=1"
+    if opset >= 14:
+        return ""
+    if opset >= 7:
+        return f"opset {opset} with {outputs} outputs (more than one means training mode)" if outputs > 1 else ""
+    return "is_test=0" if attrs.get("is_test", 0) == 0 else ""
 
 
 def sole_producer(g: GraphIndex, name: str, anchor: onnx.NodeProto, ops: frozenset[str]):

@@ -10,8 +10,9 @@ The constant must broadcast along the channel axis only: right-aligned to the pr
 r (Conv/ConvTranspose: weight rank; Gemm: 2), every axis but 1 must be 1 — [C,1,1], [1,C,1,1], [1], scalar.
 A [C] constant on a 4-D tensor broadcasts along the last axis, not the channels: refused.
 
-Refuses: NOT_PER_CHANNEL, SHAPE_MISMATCH (axis-1 size neither 1 nor C), c / z (not affine), and the
-common refusals (other readers, graph output, non-constant weights, overflow, dtype).
+Refuses: NOT_PER_CHANNEL, SHAPE_MISMATCH (axis-1 size neither 1 nor C), c / z (not affine),
+OVERRIDABLE_INITIALIZER (the constant, or the producer's weight, is also a graph input), and the common
+refusals (other readers, graph output, non-constant weights, overflow, dtype).
 """
 
 from __future__ import annotations
@@ -41,6 +42,17 @@ def per_channel(const: np.ndarray, rank: int, channels: int) -> np.ndarray | Ref
     return np.broadcast_to(const.reshape(-1).astype(np.float64), (channels,))
 
 
+def _overridable_site(g, node: onnx.NodeProto, consts) -> Refusal | None:
+    """A Mul/Add/... of a producer's output by an initializer a caller may override (IR >= 4, listed as a
+    graph input): a site refused for that reason; any other pair of non-constants is no site at all."""
+    for slot in (0, 1):
+        if consts[slot].reason is Reason.OVERRIDABLE_INITIALIZER and not consts[1 - slot].ok:
+            producer = g.producer.get(node.input[1 - slot])
+            if producer is not None and producer.op_type in PRODUCERS and producer.domain in DEFAULT_DOMAINS:
+                return Refusal(Reason.OVERRIDABLE_INITIALIZER, node.input[slot])
+    return None
+
+
 class AffineChainRule:
     name = "affine_chain"
     anchor_ops = frozenset({"Mul", "Add", "Sub", "Div"})
@@ -50,7 +62,7 @@ class AffineChainRule:
             return None
         consts = [g.constant(name) for name in node.input]
         if consts[0].ok == consts[1].ok:
-            return None
+            return _overridable_site(g, node, consts)
         const_slot = 0 if consts[0].ok else 1
         const = consts[const_slot].value
         producer = sole_producer(g, node.input[1 - const_slot], node, PRODUCERS)

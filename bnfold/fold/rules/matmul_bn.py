@@ -10,7 +10,8 @@ is contracted away); W's free axis lands on axis r-1 (W second) or r-2 (W first)
 is the fold exact.
 
 Refuses: MATMUL_LAYOUT (W's free axis is not the channel axis, W not 2-D, neither operand constant),
-RANK_UNKNOWN (x's rank can't be proven), and the common refusals of conv_bn.
+OVERRIDABLE_INITIALIZER (W is an initializer also listed as a graph input, IR >= 4), RANK_UNKNOWN (x's
+rank can't be proven), and the common refusals of conv_bn.
 """
 
 from __future__ import annotations
@@ -70,6 +71,9 @@ class MatMulBnRule:
             if (slot == 1 and out_rank == 2) or (slot == 0 and out_rank == 3):
                 return slot, weight, 1 if slot == 1 else 0
             return Refusal(Reason.MATMUL_LAYOUT, f"output rank {out_rank} puts the weight's free axis off axis 1")
+        overridable = [name for name in matmul.input[:2] if g.constant(name).reason is Reason.OVERRIDABLE_INITIALIZER]
+        if overridable:  # the weight is there, but a caller may replace it: that, not the layout, is the obstacle
+            return Refusal(Reason.OVERRIDABLE_INITIALIZER, ", ".join(overridable))
         return Refusal(Reason.MATMUL_LAYOUT, "no single constant operand")
 
     def rewrite(self, g, plan: Plan) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import onnx
 import pytest
@@ -10,6 +12,7 @@ from onnx import numpy_helper
 from bnfold import optimize
 from bnfold.reasons import Reason
 from tests.builders import GraphBuilder, assert_equivalent, op_count
+from tests.fold.rules.safety import SafetyCase
 
 C = 4
 
@@ -189,3 +192,60 @@ def test_ordinary_add_of_two_tensors_is_no_site():
     result = optimize(model, verify=False)
     assert result.report.applied == () and result.report.refused == ()
     assert op_count(result.model, "Add") == 1
+
+
+# ---- the cases the tier without verification folds (tests/fold/rules/test_safe_without_verification.py) -----
+
+def _conv_op(op: str, shape, const_first: bool = False, spatial: int = 8, zero_at: int | None = None,
+             seed: int = 12) -> onnx.ModelProto:
+    """Conv -> *op* by a constant of *shape* (*zero_at*: that channel's constant is 0)."""
+    b = GraphBuilder(seed=seed)
+    x = _conv(b, spatial)
+    value = _positive(b, shape)
+    if zero_at is not None:
+        value[zero_at] = 0.0
+    c = b.init(value)
+    b.output(b.node(op, [c, x] if const_first else [x, c]), shape=None)
+    return b.build()
+
+
+def _chain(producer: str) -> onnx.ModelProto:
+    """Conv / Gemm / ConvTranspose -> Mul -> Add (a two-fold chain)."""
+    b = GraphBuilder(seed=13)
+    if producer == "Gemm":
+        y, shape = b.node("Gemm", [b.input("a", ["N", 5]), b.init(b.rng.standard_normal((C, 5)).astype(np.float32))],
+                          transB=1, beta=0.5), [C]
+    elif producer == "ConvTranspose":
+        w = b.init(b.weight([4, 3, 3, 3]))
+        y, shape = b.node("ConvTranspose", [b.input("x", ["N", 4, 5, 5]), w], group=2, strides=[2, 2]), [6, 1, 1]
+    else:
+        y, shape = _conv(b), [1, C, 1, 1]
+    z = b.node("Mul", [y, b.init(_positive(b, shape))])
+    b.output(b.node("Add", [z, b.init(_positive(b, shape))]), shape=None)
+    return b.build()
+
+
+def _conv_read_twice() -> onnx.ModelProto:
+    b = GraphBuilder(seed=9)
+    conv = _conv(b)
+    y = b.node("Mul", [conv, b.init(_positive(b, [C, 1, 1]))])
+    b.output(b.node("Add", [y, b.node("Relu", [conv])]), shape=None)
+    return b.build()
+
+
+SAFETY_CASES = {
+    **{f"affine_chain-{producer}": SafetyCase(functools.partial(_chain, producer), "affine_chain")
+       for producer in ("Conv", "Gemm", "ConvTranspose")},
+    **{f"affine_chain-{op}-{first}": SafetyCase(functools.partial(_conv_op, op, [C, 1, 1], first), "affine_chain")
+       for op, first in (("Sub", False), ("Sub", True), ("Div", False), ("Mul", True), ("Add", True))},
+    "affine_chain-scalar": SafetyCase(functools.partial(_conv_op, "Mul", []), "affine_chain"),
+    "affine_chain-over-width": SafetyCase(functools.partial(_conv_op, "Mul", [C], spatial=C + 2), "affine_chain",
+                                          Reason.NOT_PER_CHANNEL),
+    "affine_chain-spatial": SafetyCase(functools.partial(_conv_op, "Add", [1, C, 2, 1], spatial=4), "affine_chain",
+                                       Reason.NOT_PER_CHANNEL),
+    "affine_chain-c-over-x": SafetyCase(functools.partial(_conv_op, "Div", [C, 1, 1], True), "affine_chain",
+                                        Reason.NOT_PER_CHANNEL),
+    "affine_chain-divide-by-zero": SafetyCase(functools.partial(_conv_op, "Div", [C, 1, 1], zero_at=2),
+                                              "affine_chain", Reason.FOLD_OVERFLOW, runnable=False),  # inf output
+    "affine_chain-read-twice": SafetyCase(_conv_read_twice, "affine_chain", Reason.PRODUCER_HAS_OTHER_CONSUMERS),
+}

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+
+import onnx
 import pytest
 from onnx import numpy_helper
 
 from bnfold import optimize
 from bnfold.reasons import Reason
 from tests.builders import GraphBuilder, assert_equivalent, op_count
+from tests.fold.rules.safety import SafetyCase
 
 
 def _bn_then_conv(c_in: int = 4, c_out: int = 6, *, spatial: tuple[int, ...] = (8, 8), k: int = 3,
@@ -148,3 +152,36 @@ def test_bn_feeding_the_conv_weight_is_left_alone():
     assert result.report.applied == ()
     assert op_count(result.model, "BatchNormalization") == 1
     assert_equivalent(model, result.model)
+
+
+# ---- the cases the tier without verification folds (tests/fold/rules/test_safe_without_verification.py) -----
+
+def _model(**kwargs) -> onnx.ModelProto:
+    return _bn_then_conv(**kwargs)[0]
+
+
+def _bn_read_again(as_output: bool) -> onnx.ModelProto:
+    b = GraphBuilder(seed=1)
+    z = b.bn(b.input("x", ["N", 4, 8, 8]), name="bn")
+    b.output(b.conv(z, 5, 1, name="conv"), shape=None)
+    b.output(z if as_output else b.node("Relu", [z]), shape=None)
+    return b.build()
+
+
+SAFETY_CASES = {
+    "bn_conv-default": SafetyCase(_model, "bn_conv"),
+    "bn_conv-strided-dilated": SafetyCase(functools.partial(_model, strides=[2, 2], dilations=[2, 1]), "bn_conv"),
+    "bn_conv-grouped": SafetyCase(functools.partial(_model, c_in=4, c_out=6, group=2), "bn_conv"),
+    "bn_conv-depthwise-multiplier": SafetyCase(functools.partial(_model, c_in=4, c_out=8, group=4), "bn_conv"),
+    "bn_conv-same-1x1": SafetyCase(functools.partial(_model, k=1, auto_pad="SAME_UPPER", strides=[2, 2],
+                                                     spatial=(7, 7)), "bn_conv"),
+    "bn_conv-3d": SafetyCase(functools.partial(_model, c_in=3, c_out=5, spatial=(4, 6, 5), k=2), "bn_conv"),
+    "bn_conv-no-bias": SafetyCase(functools.partial(_model, bias=False), "bn_conv"),
+    "bn_conv-padded": SafetyCase(functools.partial(_model, pads=[0, 0, 0, 1]), "bn_conv", Reason.CONSUMER_CONV_PADDED),
+    "bn_conv-same-3x3": SafetyCase(functools.partial(_model, auto_pad="SAME_LOWER"), "bn_conv",
+                                   Reason.CONSUMER_CONV_PADDED),
+    "bn_conv-read-again": SafetyCase(functools.partial(_bn_read_again, False), "bn_conv",
+                                     Reason.BN_HAS_OTHER_CONSUMERS),
+    "bn_conv-graph-output": SafetyCase(functools.partial(_bn_read_again, True), "bn_conv",
+                                       Reason.BN_OUTPUT_IS_GRAPH_OUTPUT),
+}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import onnx
 import pytest
@@ -10,6 +12,7 @@ from onnx import numpy_helper
 from bnfold import optimize
 from bnfold.reasons import Reason
 from tests.builders import GraphBuilder, assert_equivalent, assert_fp16_no_worse, assert_refused, op_count
+from tests.fold.rules.safety import SafetyCase
 
 
 def deconv_bn_model(dims: int = 2, c_in: int = 4, c_out: int = 6, *, group: int = 1, bias: bool = True,
@@ -101,3 +104,36 @@ def test_output_read_twice_is_refused():
     d = b.conv_transpose(b.input("x", ["N", 4, 5, 5]), 6, group=2)
     b.output(b.node("Mul", [b.bn(d), d]))
     assert_refused(b.build(), Reason.PRODUCER_HAS_OTHER_CONSUMERS)
+
+
+# ---- the cases the tier without verification folds (tests/fold/rules/test_safe_without_verification.py) -----
+
+def _deconv_with(change, dtype=np.float16) -> onnx.ModelProto:
+    b = GraphBuilder(opset=15, dtype=dtype)
+    x = b.input("x", ["N", 4, 5, 5])
+    params = b.bn_params(6, np.float32)
+    change(params)
+    b.output(b.bn(b.conv_transpose(x, 6, group=2), params=params))
+    return b.build()
+
+
+def _read_twice() -> onnx.ModelProto:
+    b = GraphBuilder()
+    d = b.conv_transpose(b.input("x", ["N", 4, 5, 5]), 6, group=2)
+    b.output(b.node("Mul", [b.bn(d), d]))
+    return b.build()
+
+
+def _underflow(params) -> None:
+    params[0][4] = 1e-9
+
+
+SAFETY_CASES = {
+    **{f"convtranspose_bn-{name}": SafetyCase(functools.partial(deconv_bn_model, **layout), "convtranspose_bn")
+       for name, layout in LAYOUTS.items()},
+    "convtranspose_bn-fp16-group2": SafetyCase(functools.partial(deconv_bn_model, group=2, dtype=np.float16),
+                                               "convtranspose_bn"),
+    "convtranspose_bn-underflow": SafetyCase(functools.partial(_deconv_with, _underflow), "convtranspose_bn",
+                                             Reason.FOLD_UNDERFLOW),
+    "convtranspose_bn-read-twice": SafetyCase(_read_twice, "convtranspose_bn", Reason.PRODUCER_HAS_OTHER_CONSUMERS),
+}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import numpy as np
@@ -12,6 +13,7 @@ from onnx import helper
 from bnfold import optimize
 from bnfold.reasons import Reason
 from tests.builders import GraphBuilder, assert_equivalent, assert_fp16_no_worse, assert_refused, op_count
+from tests.fold.rules.safety import SafetyCase
 
 M, K, N = 3, 5, 4
 C_SHAPES = {"absent": None, "vector": [N], "row": [1, N], "scalar": [], "one": [1], "matrix": [M, N],
@@ -113,3 +115,31 @@ def test_fp16_column_that_would_underflow_is_refused(trans_b):
     gamma[1] = 1e-9
     b.output(b.bn(y, N, params=[gamma, beta, mean, var]))
     assert_refused(b.build(), Reason.FOLD_UNDERFLOW)
+
+
+# ---- the cases the tier without verification folds (tests/fold/rules/test_safe_without_verification.py) -----
+
+def _gemm_output_kept() -> onnx.ModelProto:
+    b = GraphBuilder()
+    y = b.node("Gemm", [b.input("a", ["N", K]), b.init(b.weight([K, N]))])
+    b.output(b.bn(y, N))
+    b.output(y)
+    return b.build()
+
+
+def _bias_computed() -> onnx.ModelProto:
+    b = GraphBuilder()
+    bias = b.node("Neg", [b.init(np.ones(N, np.float32))])
+    b.output(b.bn(b.node("Gemm", [b.input("a", ["N", K]), b.init(b.weight([K, N])), bias]), N))
+    return b.build()
+
+
+SAFETY_CASES = {
+    **{f"gemm_bn-t{ta}{tb}-{kind}": SafetyCase(functools.partial(gemm_bn_model, trans_a=ta, trans_b=tb, alpha=0.7,
+                                                                 beta=-1.3, c_shape=C_SHAPES[kind]), "gemm_bn")
+       for ta, tb, kind in itertools.product((0, 1), (0, 1), ("absent", "vector", "matrix", "column"))},
+    "gemm_bn-fp16": SafetyCase(functools.partial(gemm_bn_model, trans_b=1, alpha=0.5, beta=2.0, dtype=np.float16),
+                               "gemm_bn"),
+    "gemm_bn-output-kept": SafetyCase(_gemm_output_kept, "gemm_bn", Reason.PRODUCER_OUTPUT_IS_GRAPH_OUTPUT),
+    "gemm_bn-bias-computed": SafetyCase(_bias_computed, "gemm_bn", Reason.WEIGHT_NOT_CONSTANT),
+}

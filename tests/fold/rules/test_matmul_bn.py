@@ -3,6 +3,8 @@ is the normalized axis 1; any other layout, or an unprovable rank, is refused.""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import onnx
 from onnx import helper
@@ -10,6 +12,7 @@ from onnx import helper
 from bnfold import optimize
 from bnfold.reasons import Reason
 from tests.builders import GraphBuilder, assert_equivalent, assert_fp16_no_worse, assert_refused, op_count
+from tests.fold.rules.safety import SafetyCase
 
 K, C, L = 5, 4, 6
 
@@ -143,3 +146,34 @@ def test_fp16_channel_that_would_underflow_is_refused():
     gamma[3] = 1e-9
     b.output(b.bn(y, C, params=[gamma, beta, mean, var]))
     assert_refused(b.build(), Reason.FOLD_UNDERFLOW)
+
+
+# ---- the cases the tier without verification folds (tests/fold/rules/test_safe_without_verification.py) -----
+
+def _matmul(x_shape, w_shape, channels: int, w_first: bool = False, custom: bool = False) -> onnx.ModelProto:
+    """MatMul(x, W) (or W first) -> BN over *channels*; *custom*: x comes from a custom-domain op."""
+    b = GraphBuilder()
+    x = b.input("x", x_shape)
+    if custom:
+        b.nodes.append(helper.make_node("Mystery", [x], ["z"], domain="example.custom"))
+        x = "z"
+    w = b.init(b.weight(w_shape))
+    b.output(b.bn(b.node("MatMul", [w, x] if w_first else [x, w], name="mm"), channels, name="bn"))
+    model = b.build()
+    if custom:
+        model.opset_import.append(helper.make_opsetid("example.custom", 1))
+    return model
+
+
+SAFETY_CASES = {
+    "matmul_bn-rows": SafetyCase(rows_model, "matmul_bn"),
+    "matmul_bn-rows-inferred-rank": SafetyCase(functools.partial(rows_model, through_relu=True), "matmul_bn"),
+    "matmul_bn-weight-first": SafetyCase(functools.partial(_matmul, ["N", K, L], [C, K], C, True), "matmul_bn"),
+    "matmul_bn-fp16": SafetyCase(functools.partial(rows_model, dtype=np.float16), "matmul_bn"),
+    "matmul_bn-over-length": SafetyCase(functools.partial(_matmul, ["N", L, K], [K, C], L), "matmul_bn",
+                                        Reason.MATMUL_LAYOUT),
+    "matmul_bn-over-columns": SafetyCase(functools.partial(_matmul, [K, L], [C, K], L, True), "matmul_bn",
+                                         Reason.MATMUL_LAYOUT),
+    "matmul_bn-rank-unknown": SafetyCase(functools.partial(_matmul, ["N", K], [K, C], C, custom=True), "matmul_bn",
+                                         Reason.RANK_UNKNOWN, runnable=False),  # ORT has no Mystery kernel
+}
