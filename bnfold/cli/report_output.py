@@ -1,0 +1,119 @@
+"""``--json`` for every command: ``-`` is standard output, anything else a file written atomically.
+
+With ``--json -`` standard output carries the JSON document and nothing else: every human line (the
+report table, warnings, summaries) goes to standard error instead, so ``bnfold ... --json - | jq`` works.
+
+A report path must never be a file the command reads or writes (issue 14: ``--json model.onnx`` replaced
+the model by its report). :func:`refuse_clobbering` compares the report path with each model, each
+output and every external data file either uses, however spelled: the same inode (hard links, symbolic
+links, ``..``) where both exist, the same resolved path otherwise. It raises before any work.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import click
+
+from bnfold.errors import UsageError
+
+STDOUT = "-"
+
+
+def json_option(help_text: str):
+    """The ``--json PATH`` option, ``-`` allowed (standard output)."""
+    return click.option("--json", "json_path", type=click.Path(path_type=Path, allow_dash=True), default=None,
+                        metavar="PATH|-", help=help_text + " '-' writes it to standard output (and nothing else).")
+
+
+def to_stdout(json_path: Path | str | None) -> bool:
+    return json_path is not None and str(json_path) == STDOUT
+
+
+def echo_human(text: str, json_path: Path | str | None = None, *, err: bool = False) -> None:
+    """A human line: on standard output, unless standard output carries the JSON (or *err*)."""
+    click.echo(text, err=err or to_stdout(json_path))
+
+
+def emit_json(json_path: Path | str, document: str) -> None:
+    """The JSON document to standard output (``-``) or atomically into a file."""
+    if to_stdout(json_path):
+        click.echo(document)
+        return
+    from bnfold.io.atomic import write_text_atomic
+
+    write_text_atomic(Path(json_path), document.rstrip("\n") + "\n")
+
+
+def prepare_json(json_path: Path | None, *, reads: Iterable[Path] = (), writes: Iterable[Path] = ()) -> None:
+    """Fail now, before any work, when the report could not be written or would replace a file in use:
+    *reads* are models read (their external data files count too), *writes* files the command writes."""
+    if json_path is None or to_stdout(json_path):
+        return
+    from bnfold.io.atomic import require_folder
+
+    require_folder(json_path)
+    refuse_clobbering(json_path, reads=reads, writes=writes)
+
+
+def refuse_clobbering(report: Path, *, reads: Iterable[Path] = (), writes: Iterable[Path] = ()) -> None:
+    """UsageError when *report* is one of *reads* or *writes*, an external data file of one of them, or the
+    ``<output>.data`` file an output may get."""
+    exists = os.path.lexists(report)
+    for path, role in _in_use(report, list(reads), list(writes), exists):
+        if same_file(report, path):
+            raise UsageError(f"--json {report} is {role} {path}; the report would replace it: choose another name")
+
+
+def _in_use(report: Path, reads: list[Path], writes: list[Path], exists: bool):
+    for model in reads:
+        yield model, "the input model"
+        if exists:  # an existing file can be an external data file only where the model is
+            yield from ((data, f"an external data file of {model}:") for data in data_files(model, near=report))
+    for output in writes:
+        yield output, "the output"
+        yield output.with_name(output.name + ".data"), "the external data file of the output"
+        if exists and output.is_file():
+            yield from ((data, f"an external data file of the output {output}:")
+                        for data in data_files(output, near=report))
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether *a* and *b* name one file: device and inode where both exist, resolved paths otherwise."""
+    try:
+        first, second = os.stat(a), os.stat(b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+    return (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino)
+
+
+def data_files(model: Path, *, near: Path | None = None) -> list[Path]:
+    """The external data files *model* names (its structure is parsed; no weight is read). Empty for a
+    missing or unreadable model (the command itself reports that), and without parsing when *near* lies
+    outside the model's folder, where bnfold never reads external data from."""
+    if not model.is_file():
+        return []
+    folder = os.path.realpath(model.absolute().parent)
+    if near is not None and not os.path.realpath(near).startswith(folder + os.sep):
+        if not _has_other_links(near):
+            return []
+    from bnfold.errors import BnfoldError
+    from bnfold.io.external_data import check_external_data
+    from bnfold.io.model_file import load_model
+
+    try:
+        structure = load_model(model, load_external_data=False)
+        refs = check_external_data(structure, model.absolute().parent, require_files=False)
+    except BnfoldError:
+        return []
+    return [Path(ref.path) for ref in refs]
+
+
+def _has_other_links(near: Path) -> bool:
+    """A hard link can sit anywhere: an existing report file with several links must be compared too."""
+    try:
+        return os.stat(near).st_nlink > 1
+    except OSError:
+        return False
