@@ -51,7 +51,8 @@ def check_command(paths: tuple[Path, ...], rules, skip_rules, jobs: int | None, 
     prepare_json(json_path, reads=found)
     if not model_jobs and json_path is None:
         if not quiet:
-            click.echo("Nothing to check." if not found else f"No model falls in shard {shard[0]}/{shard[1]}.")
+            click.echo("Nothing to check." if not found or shard is None
+                       else f"No model falls in shard {shard[0]}/{shard[1]}.")
         raise SystemExit(int(ExitCode.OK))
     code = run_models(model_jobs, jobs=jobs, json_dir=json_path, quiet=quiet, kind="check", shard=shard)
     if code == ExitCode.OK and not quiet:

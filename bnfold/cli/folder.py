@@ -73,9 +73,8 @@ def optimize_folder(source: Path, output: Path | None, settings: OptimizeSetting
     for folder in (out_dir, report_dir):
         if folder is not None:
             make_folder(folder)
-    if not model_jobs:
-        if not quiet:
-            echo_human(f"No model of {source} falls in shard {shard[0]}/{shard[1]}.", json_dir)
+    if not model_jobs and shard is not None and not quiet:
+        echo_human(f"No model of {source} falls in shard {shard[0]}/{shard[1]}.", json_dir)
     return run_models(model_jobs, jobs=jobs, json_dir=json_dir, quiet=quiet, shard=shard)
 
 
@@ -135,9 +134,9 @@ def run_models(model_jobs: Sequence[ModelJob], *, jobs: int | None, json_dir: Pa
     with _progress(len(model_jobs), show_bar) as advance:
         outcomes = _run_all(model_jobs, workers, advance)
     rows = list(zip(model_jobs, outcomes, strict=True))
-    per_model_files = kind == "folder" and json_dir is not None and not to_stdout(json_dir)
-    if per_model_files:
-        write_model_reports(json_dir, rows)
+    report_dir = json_dir if kind == "folder" and json_dir is not None and not to_stdout(json_dir) else None
+    if report_dir is not None:
+        write_model_reports(report_dir, rows)
     if not quiet:
         echo_human("\n".join(summary_lines(rows)), json_dir)
     for job, outcome in rows:
@@ -146,7 +145,7 @@ def run_models(model_jobs: Sequence[ModelJob], *, jobs: int | None, json_dir: Pa
         elif outcome.message and not quiet:
             click.echo(f"Warning: {job.label.as_posix()}: {outcome.message}", err=True)
     code = batch_exit_code(outcome.exit_code for outcome in outcomes)
-    emit_batch(json_dir, kind, rows, code, per_model_files=per_model_files, shard=shard)
+    emit_batch(json_dir, kind, rows, code, per_model_files=report_dir is not None, shard=shard)
     return code
 
 
