@@ -177,8 +177,9 @@ def result_label(outcome: FileOutcome, *, check: bool) -> str:
         return "ok, with a warning" if outcome.message else "ok"
     if code == ExitCode.FAILED:
         return "check failed: foldable BatchNormalization" if check else "verification failed"
-    names = {ExitCode.USAGE: "usage error", ExitCode.MODEL_ERROR: "model error", ExitCode.OUTPUT_ERROR: "output error"}
-    return f"{names.get(code, 'error')} (exit {code})"
+    names = {int(ExitCode.USAGE): "usage error", int(ExitCode.MODEL_ERROR): "model error",
+             int(ExitCode.OUTPUT_ERROR): "output error"}
+    return f"{names.get(int(code), 'error')} (exit {code})"
 
 
 def batch_exit_code(codes) -> int:
@@ -215,11 +216,11 @@ def _progress(total: int, enabled: bool) -> Iterator[Callable[[], None]]:
 
 def _run_all(model_jobs: Sequence[ModelJob], workers: int, advance: Callable[[], None]) -> list[FileOutcome]:
     if workers == 1:
-        outcomes = []
+        serial: list[FileOutcome] = []
         for job in model_jobs:
-            outcomes.append(run_job(job))
+            serial.append(run_job(job))
             advance()
-        return outcomes
+        return serial
     outcomes: list[FileOutcome | None] = [None] * len(model_jobs)
     # spawn, not fork: the parent may hold onnxruntime threads, and forking a threaded process can deadlock.
     context = multiprocessing.get_context("spawn")
@@ -231,11 +232,13 @@ def _run_all(model_jobs: Sequence[ModelJob], workers: int, advance: Callable[[],
             except BrokenProcessPool:
                 continue  # a worker died (a crash in native code): retried one by one below
             advance()
-    for i, outcome in enumerate(outcomes):
+    done: list[FileOutcome] = []
+    for job, outcome in zip(model_jobs, outcomes, strict=True):
         if outcome is None:  # after a crash, run the rest alone so only the culprit fails
-            outcomes[i] = _run_isolated(model_jobs[i], context)
+            outcome = _run_isolated(job, context)
             advance()
-    return outcomes
+        done.append(outcome)
+    return done
 
 
 def _run_isolated(job: ModelJob, context) -> FileOutcome:
