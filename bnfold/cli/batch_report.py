@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bnfold.cli.optimize_file import FileOutcome
-from bnfold.cli.report_output import emit_json, refuse_clobbering, to_stdout
+from bnfold.cli.report_output import FilesInUse, emit_json, refuse_clobbering, to_stdout
 from bnfold.errors import ExitCode, OutputWriteError
 from bnfold.report import envelope
 
@@ -30,10 +30,12 @@ def refuse_clobbering_batch(json_dir: Path | None, jobs: Sequence) -> None:
         return
     every_read = [job.source for job in jobs]
     every_write = [job.output for job in jobs if job.output is not None]
+    in_use = FilesInUse()
+    in_use.add_models(every_read, every_write)  # a report must not replace any model of the batch
     for job in jobs:
-        refuse_clobbering(json_dir / report_name(job.label), reads=[job.source],
+        refuse_clobbering(json_dir / report_name(job.label), reads=[job.source], in_use=in_use,
                           writes=[job.output] if job.output is not None else [])
-    refuse_clobbering(json_dir / SUMMARY_JSON, reads=every_read, writes=every_write)
+    refuse_clobbering(json_dir / SUMMARY_JSON, reads=every_read, writes=every_write, in_use=in_use)
 
 
 def model_document(outcome: FileOutcome) -> dict:

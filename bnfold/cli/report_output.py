@@ -58,35 +58,57 @@ def prepare_json(json_path: Path | None, *, reads: Iterable[Path] = (), writes: 
     refuse_clobbering(json_path, reads=reads, writes=writes)
 
 
-def refuse_clobbering(report: Path, *, reads: Iterable[Path] = (), writes: Iterable[Path] = ()) -> None:
+class FilesInUse:
+    """Files a command reads or writes, found by device and inode (where they exist) or resolved path, so a
+    batch of thousands of models checks each report path in constant time."""
+
+    def __init__(self) -> None:
+        self._inodes: dict[tuple[int, int], tuple[Path, str]] = {}
+        self._paths: dict[str, tuple[Path, str]] = {}
+
+    def add(self, path: Path, role: str) -> None:
+        self._paths.setdefault(os.path.realpath(path), (path, role))
+        try:
+            info = os.stat(path)
+        except OSError:
+            return
+        self._inodes.setdefault((info.st_dev, info.st_ino), (path, role))
+
+    def add_models(self, reads: Iterable[Path], writes: Iterable[Path]) -> None:
+        for model in reads:
+            self.add(model, "the input model")
+        for output in writes:
+            self.add(output, "the output")
+            self.add(output.with_name(output.name + ".data"), "the external data file of the output")
+
+    def find(self, path: Path) -> tuple[Path, str] | None:
+        """What *path* is (the file in use and its role), or None."""
+        try:
+            info = os.stat(path)
+        except OSError:
+            info = None
+        hit = None if info is None else self._inodes.get((info.st_dev, info.st_ino))
+        return hit or self._paths.get(os.path.realpath(path))
+
+
+def refuse_clobbering(report: Path, *, reads: Iterable[Path] = (), writes: Iterable[Path] = (),
+                      in_use: FilesInUse | None = None) -> None:
     """UsageError when *report* is one of *reads* or *writes*, an external data file of one of them, or the
-    ``<output>.data`` file an output may get."""
-    exists = os.path.lexists(report)
-    for path, role in _in_use(report, list(reads), list(writes), exists):
-        if same_file(report, path):
-            raise UsageError(f"--json {report} is {role} {path}; the report would replace it: choose another name")
-
-
-def _in_use(report: Path, reads: list[Path], writes: list[Path], exists: bool):
-    for model in reads:
-        yield model, "the input model"
-        if exists:  # an existing file can be an external data file only where the model is
-            yield from ((data, f"an external data file of {model}:") for data in data_files(model, near=report))
-    for output in writes:
-        yield output, "the output"
-        yield output.with_name(output.name + ".data"), "the external data file of the output"
-        if exists and output.is_file():
-            yield from ((data, f"an external data file of the output {output}:")
-                        for data in data_files(output, near=report))
-
-
-def same_file(a: Path, b: Path) -> bool:
-    """Whether *a* and *b* name one file: device and inode where both exist, resolved paths otherwise."""
-    try:
-        first, second = os.stat(a), os.stat(b)
-    except OSError:
-        return os.path.realpath(a) == os.path.realpath(b)
-    return (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino)
+    ``<output>.data`` file an output may get (*in_use*: more files already known, e.g. a whole batch)."""
+    reads, writes = list(reads), list(writes)
+    known = FilesInUse() if in_use is None else in_use
+    if in_use is None:
+        known.add_models(reads, writes)
+    hit = known.find(report)
+    if hit is None and os.path.lexists(report):  # an existing file can also be an external data file
+        data = FilesInUse()
+        for model in reads + [out for out in writes if out.is_file()]:
+            for path in data_files(model, near=report):
+                data.add(path, f"an external data file of {model}:")
+        hit = data.find(report)
+    if hit is not None:
+        path, role = hit
+        raise UsageError(f"--json {report} is {role} {path}; the report would replace it: choose another name")
 
 
 def data_files(model: Path, *, near: Path | None = None) -> list[Path]:

@@ -157,3 +157,15 @@ def test_a_report_beside_the_model_is_still_written(tmp_path):
     result = CliRunner().invoke(cli, ["optimize", str(model), "-o", str(tmp_path / "out.onnx"), "--json", str(report)])
     assert result.exit_code == 0, result.output
     assert report.read_text().lstrip().startswith("{") and data.is_file()
+
+
+def test_folder_report_over_another_models_file_is_refused(tmp_path, monkeypatch):
+    """The report of a.onnx, a link to b.onnx: each report is checked against every model of the batch."""
+    models = tmp_path / "models"
+    models.mkdir()
+    save_single(models, "a.onnx")
+    other = save_single(models, "b.onnx")
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    os.link(other, reports / "a.onnx.json")
+    refused(tmp_path, monkeypatch, ["optimize", str(models), "--check", "--json", str(reports)])
