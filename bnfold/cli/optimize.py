@@ -82,8 +82,12 @@ def optimize_command(source: Path, output: Path | None, json_path: Path | None, 
 
 
 def _finish(outcome: FileOutcome, json_path: Path | None, *, quiet: bool, verbose: bool, check: bool) -> None:
-    if json_path is not None and outcome.report is not None:
-        emit_json(json_path, outcome.report.to_json())
+    if json_path is not None:  # a model that could not be processed gets folder mode's error document
+        import json
+
+        from bnfold.cli.batch_report import model_document
+
+        emit_json(json_path, json.dumps(model_document(outcome), indent=2, allow_nan=False))
     if outcome.report is not None and not quiet:
         echo_human(render(outcome.report, source=outcome.source, target=outcome.target,
                           size_before=outcome.size_before, size_after=outcome.size_after, seconds=outcome.seconds,

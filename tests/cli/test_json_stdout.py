@@ -81,3 +81,13 @@ def test_json_dash_in_a_real_process_is_pipeable(tmp_path):
     document = json.loads(done.stdout)
     assert document["kind"] == "optimize" and document["versions"]["onnxruntime"]
     assert "Verified" in done.stderr
+
+
+def test_a_model_that_cannot_be_read_still_gets_a_json_error_document(tmp_path):
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a model")
+    result = CliRunner().invoke(cli, ["optimize", str(broken), "--json", "-"])
+    assert result.exit_code == 3
+    document = json.loads(result.stdout)
+    assert document["kind"] == "optimize" and document["exit_code"] == 3 and document["error"]
+    assert result.stderr.startswith("Error:")
