@@ -97,3 +97,44 @@ def test_schemas_are_valid_json_with_the_draft_named(tmp_path):
     for path in SCHEMAS.glob("*.schema.json"):
         assert json.loads(path.read_text())["$schema"].endswith("2020-12/schema"), path
     assert Path(SCHEMAS).is_dir()
+
+
+def test_a_report_with_nan_errors_is_strict_json_and_valid(tmp_path):
+    """A candidate whose outputs are all NaN: strict JSON (no bare NaN token), schema valid."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from tests.cli.cli_models import conv_bn_model
+
+    reference = save_single(tmp_path, "a.onnx")
+    model = conv_bn_model()
+    weight = numpy_helper.to_array(model.graph.initializer[0]).copy()
+    weight[...] = np.nan
+    model.graph.initializer[0].CopyFrom(numpy_helper.from_array(weight, model.graph.initializer[0].name))
+    candidate = tmp_path / "b.onnx"
+    onnx.save(model, candidate)
+    result = CliRunner().invoke(cli, ["verify", str(reference), str(candidate), "--json", "-"])
+    assert result.exit_code == 1, result.output
+
+    def refuse(token):
+        raise AssertionError(f"bare {token} in the JSON")
+
+    document = json.loads(result.stdout, parse_constant=refuse)
+    assert document["outputs"][0]["new_nonfinite"] > 0
+    assert_valid(document, "verify")
+
+
+def test_a_report_holding_non_finite_floats_writes_them_as_strings():
+    from dataclasses import dataclass
+
+    from bnfold.report import ReportMixin
+
+    @dataclass(frozen=True)
+    class Numbers(ReportMixin):
+        REPORT_KIND = "verify"
+        values: tuple[float, ...]
+
+    text = Numbers((math.nan, math.inf, -math.inf, 0.5)).to_json()
+    document = json.loads(text, parse_constant=lambda token: pytest.fail(f"bare {token}"))
+    assert document["values"] == ["nan", "inf", "-inf", 0.5] and document["kind"] == "verify"
