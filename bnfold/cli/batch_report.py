@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bnfold.cli.optimize_file import FileOutcome
-from bnfold.cli.report_output import FilesInUse, emit_json, refuse_clobbering, to_stdout
+from bnfold.cli.report_output import FilesInUse, add_inputs, emit_json, refuse_clobbering, to_stdout
 from bnfold.errors import ExitCode, OutputWriteError
 from bnfold.report import envelope
 
@@ -24,14 +24,16 @@ def report_name(label: Path) -> Path:
     return label.with_name(label.name + ".json")
 
 
-def refuse_clobbering_batch(json_dir: Path | None, jobs: Sequence) -> None:
-    """No report of the batch (per-model or summary) may replace a model, an output or a data file."""
+def refuse_clobbering_batch(json_dir: Path | None, jobs: Sequence, inputs: str | Path | None = None) -> None:
+    """No report of the batch (per-model or summary) may replace a model, an output, a data file or an
+    ``--inputs`` file."""
     if json_dir is None or to_stdout(json_dir):
         return
     every_read = [job.source for job in jobs]
     every_write = [job.output for job in jobs if job.output is not None]
     in_use = FilesInUse()
     in_use.add_models(every_read, every_write)  # a report must not replace any model of the batch
+    add_inputs(in_use, inputs)
     for job in jobs:
         refuse_clobbering(json_dir / report_name(job.label), reads=[job.source], in_use=in_use,
                           writes=[job.output] if job.output is not None else [])

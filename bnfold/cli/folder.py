@@ -69,7 +69,7 @@ def optimize_folder(source: Path, output: Path | None, settings: OptimizeSetting
     relative = [path.relative_to(source) for path in found]
     model_jobs = select_shard([ModelJob(path, rel, None if out_dir is None else out_dir / rel, settings)
                                for path, rel in zip(found, relative, strict=True)], shard, lambda job: job.label)
-    refuse_clobbering_batch(json_dir, model_jobs)
+    refuse_clobbering_batch(json_dir, model_jobs, settings.inputs)
     for folder in (out_dir, report_dir):
         if folder is not None:
             make_folder(folder)

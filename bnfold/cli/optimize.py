@@ -76,7 +76,7 @@ def optimize_command(source: Path, output: Path | None, json_path: Path | None, 
     if shard is not None:
         raise click.UsageError("--shard splits a folder of models; SOURCE is one file")
     writes = [] if check else [resolve_target(source, output, in_place)]
-    prepare_json(json_path, reads=[source], writes=writes)  # before the model is written, not after
+    prepare_json(json_path, reads=[source], writes=writes, inputs=inputs)  # before the model is written
     outcome = optimize_file(source, output, settings)
     _finish(outcome, json_path, quiet=quiet, verbose=verbose, check=check)
 

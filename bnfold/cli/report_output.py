@@ -47,15 +47,30 @@ def emit_json(json_path: Path | str, document: str) -> None:
     write_text_atomic(Path(json_path), document.rstrip("\n") + "\n")
 
 
-def prepare_json(json_path: Path | None, *, reads: Iterable[Path] = (), writes: Iterable[Path] = ()) -> None:
+def prepare_json(json_path: Path | None, *, reads: Iterable[Path] = (), writes: Iterable[Path] = (),
+                 inputs: str | Path | None = None) -> None:
     """Fail now, before any work, when the report could not be written or would replace a file in use:
-    *reads* are models read (their external data files count too), *writes* files the command writes."""
+    *reads* are models read (their external data files count too), *writes* files the command writes,
+    *inputs* the ``--inputs`` file (or folder of files)."""
     if json_path is None or to_stdout(json_path):
         return
     from bnfold.io.atomic import require_folder
 
     require_folder(json_path)
-    refuse_clobbering(json_path, reads=reads, writes=writes)
+    reads, writes = list(reads), list(writes)
+    known = FilesInUse()
+    known.add_models(reads, writes)
+    add_inputs(known, inputs)
+    refuse_clobbering(json_path, reads=reads, writes=writes, in_use=known)
+
+
+def add_inputs(known: FilesInUse, inputs: str | Path | None) -> None:
+    """The ``--inputs`` file, or every file of an ``--inputs`` folder, as files in use."""
+    if inputs is None:
+        return
+    path = Path(inputs)
+    for item in sorted(path.iterdir()) if path.is_dir() else [path]:
+        known.add(item, "an --inputs file:")
 
 
 class FilesInUse:

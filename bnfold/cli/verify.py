@@ -58,7 +58,7 @@ def verify_command(reference: Path, candidate: Path, atol: float | None, rtol: f
     from bnfold.cli.input_shapes import resolve_shapes
     from bnfold.verification.verifier import verify
 
-    prepare_json(json_path, reads=[reference, candidate])  # fail before the (possibly long) run, not after it
+    prepare_json(json_path, reads=[reference, candidate], inputs=inputs)  # before the (possibly long) run
     input_shapes = resolve_shapes(reference, input_shapes)
     report = verify(str(reference), str(candidate), inputs=inputs, input_shapes=dict(input_shapes) or None,
                     atol=atol, rtol=rtol, per_layer=per_layer, samples=samples, seed=seed, value_range=value_range,

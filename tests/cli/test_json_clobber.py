@@ -169,3 +169,15 @@ def test_folder_report_over_another_models_file_is_refused(tmp_path, monkeypatch
     reports.mkdir()
     os.link(other, reports / "a.onnx.json")
     refused(tmp_path, monkeypatch, ["optimize", str(models), "--check", "--json", str(reports)])
+
+
+@pytest.mark.parametrize("command", ["optimize", "verify"])
+def test_json_over_the_inputs_file_is_refused(tmp_path, monkeypatch, command):
+    import numpy as np
+
+    model = save_single(tmp_path)
+    feeds = tmp_path / "x.npz"
+    np.savez(feeds, x=np.zeros((1, 3, 8, 8), np.float32))
+    argv = ["optimize", str(model), "-o", str(tmp_path / "o.onnx")] if command == "optimize" else [
+        "verify", str(model), str(model)]
+    refused(tmp_path, monkeypatch, [*argv, "--inputs", str(feeds), "--json", spell(tmp_path, feeds, "symlink")])
