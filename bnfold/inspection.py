@@ -68,6 +68,8 @@ class InspectTotals:
 class InspectReport(ReportMixin):
     """What ``optimize`` would fold, site by site. JSON via ``to_json()``."""
 
+    REPORT_KIND = "inspect"  # the report contract (bnfold/report.py)
+
     batchnorms: tuple[BatchNormSite, ...]
     affine: tuple[AffineSite, ...]
     totals: InspectTotals

@@ -61,6 +61,8 @@ class VerificationSummary:
 class FoldReport(ReportMixin):
     """What optimize did, what it left, and why. JSON via ``to_json()``."""
 
+    REPORT_KIND = "optimize"  # the report contract (bnfold/report.py)
+
     rules: tuple[str, ...]
     applied: tuple[AppliedFold, ...]
     refused: tuple[RefusedSite, ...]

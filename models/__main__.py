@@ -43,8 +43,8 @@ def _build_all(outdir: Path, names: Sequence[str], *, large: bool, seed: int) ->
         model = build(name, large=large, seed=seed)
         path = outdir / f"{name}.onnx"
         onnx.save(model, path)
-        size_mb = path.stat().st_size / 2**20
-        print(f"{name:<16} {path}  {size_mb:8.2f} MB  {bn_count(model):4d} BN")
+        size_mib = path.stat().st_size / 2**20
+        print(f"{name:<16} {path}  {size_mib:8.2f} MiB  {bn_count(model):4d} BN")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -105,6 +105,8 @@ class BenchSettings(ReportMixin):
 class BenchReport(ReportMixin):
     """Everything ``bnfold bench`` measured: one result per variant and configuration, paired comparisons."""
 
+    REPORT_KIND = "bench"  # the report contract (bnfold/report.py)
+
     schema_version: int
     results: tuple[BenchResult, ...]
     comparisons: tuple[BenchComparison, ...]

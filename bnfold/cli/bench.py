@@ -5,12 +5,15 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
 from bnfold.bench.plan import OPT_LEVEL_NAMES, PROVIDER_NAMES
 from bnfold.cli.options import input_shape_option
-from bnfold.io.atomic import require_folder, write_text_atomic
+from bnfold.cli.report_output import echo_human, emit_json, json_option, prepare_json, to_stdout
+from bnfold.cli.verbosity import verbosity_options
+from bnfold.io.atomic import require_folder
 
 
 def _names(allowed: tuple[str, ...]) -> Callable[[click.Context, click.Parameter, str], tuple[str, ...]]:
@@ -40,7 +43,7 @@ class _ProgressBar:
     """A click progress bar on stderr, opened on the first progress call (the total is known only then)."""
 
     def __init__(self) -> None:
-        self._bar = None
+        self._bar: Any = None  # click's ProgressBar, once opened
 
     def __call__(self, step: int, total: int) -> None:
         if self._bar is None:
@@ -54,7 +57,15 @@ class _ProgressBar:
             self._bar = None
 
 
-@click.command("bench")
+EXAMPLES = """\b
+Examples:
+  bnfold bench model.onnx                        # MODEL against itself folded in memory
+  bnfold bench model.onnx --compare other.onnx --batch 1,8 --json bench.json
+  bnfold bench model.onnx --provider cuda --opt-level all --duration 20
+"""
+
+
+@click.command("bench", short_help="Time a model against its folded self or another.", epilog=EXAMPLES)
 @click.argument("model", type=click.Path(exists=True, dir_okay=False))
 @click.option("--compare", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Benchmark MODEL against this model instead of against MODEL folded in memory.")
@@ -76,27 +87,30 @@ class _ProgressBar:
 @input_shape_option
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for the random input and bootstrap.")
 @click.option("--cuda-graph", is_flag=True, help="Capture CUDA runs into a CUDA graph (provider cuda only).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, metavar="OUT",
-              help="Write the full report as JSON.")
+@json_option("Write the full report as JSON.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, metavar="OUT.png",
               help="Plot latency distributions (needs matplotlib: pip install 'bnfold[plot]').")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@verbosity_options
 def bench_command(model: str, compare: str | None, providers: tuple[str, ...], opt_levels: tuple[str, ...],
                   batches: tuple[int, ...] | None, threads: int | None, warmup: int, iterations: int | None,
                   duration: float | None, input_shapes: dict[str, tuple[int, ...]], seed: int, cuda_graph: bool,
-                  json_path: str | None, plot_path: str | None, quiet: bool) -> None:
+                  json_path: Path | None, plot_path: str | None, quiet: bool, verbose: bool) -> None:
     """Time MODEL against MODEL folded in memory (or against --compare OTHER).
 
     Both models run in interleaved rounds on the same input, with onnxruntime's optimizations off and on
     by default; the speedup is baseline p50 / candidate p50 with a 95% bootstrap confidence interval.
-    A provider that cannot run here is skipped with one line on stderr; exit 3 if nothing ran.
+    A provider that cannot run here is skipped with one line on stderr; exit 3 if nothing ran; exit 130
+    when interrupted.
     """
     from bnfold.bench.benchmark import benchmark
     from bnfold.bench.render import render_report
+    from bnfold.cli.input_shapes import resolve_shapes
 
-    for out in (json_path, plot_path):  # fail now, not after minutes of measuring
-        if out is not None:
-            require_folder(Path(out))
+    # fail now, not after minutes of measuring
+    prepare_json(json_path, reads=[Path(model)] + ([Path(compare)] if compare else []))
+    if plot_path is not None:
+        require_folder(Path(plot_path))
+    input_shapes = resolve_shapes(model, input_shapes)
     if plot_path is not None:
         from bnfold.bench.plot import require_matplotlib
 
@@ -109,15 +123,18 @@ def bench_command(model: str, compare: str | None, providers: tuple[str, ...], o
     finally:
         if bar is not None:
             bar.close()
-    for skipped in report.skipped:
+    for skipped in report.skipped if not quiet else ():
         click.echo(f"Skipped {skipped.provider}: {skipped.reason}", err=True)
-    click.echo(render_report(report))
+    if not quiet:
+        echo_human(render_report(report), json_path)
     if json_path is not None:
-        write_text_atomic(json_path, report.to_json() + "\n")
-        click.echo(f"wrote {json_path}", err=True)
+        emit_json(json_path, report.to_json())
+        if not quiet and not to_stdout(json_path):
+            click.echo(f"wrote {json_path}", err=True)
     if plot_path is not None:
         from bnfold.bench.plot import plot_report
 
         plot_report(report, plot_path)
-        click.echo(f"wrote {plot_path}", err=True)
+        if not quiet:
+            click.echo(f"wrote {plot_path}", err=True)
 

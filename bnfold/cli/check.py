@@ -13,34 +13,50 @@ import click
 from bnfold.cli.folder import ModelJob, discover_models, no_models_message, run_models
 from bnfold.cli.optimize_file import OptimizeSettings
 from bnfold.cli.options import rule_options
+from bnfold.cli.report_output import echo_human, json_option, prepare_json
+from bnfold.cli.shard import select_shard, shard_option
+from bnfold.cli.verbosity import verbosity_options
 from bnfold.errors import ExitCode, ModelLoadError
 
+EXAMPLES = """\b
+Examples:
+  bnfold check models/ --recursive
+  bnfold check a.onnx b.onnx --json check.json
+  bnfold check models/ --recursive --shard 3/8 --json -    # one job of an 8-job CI matrix
+"""
 
-@click.command("check")
+
+@click.command("check", short_help="Fail if a model still has a foldable BatchNormalization.", epilog=EXAMPLES)
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @rule_options
 @click.option("--jobs", type=click.IntRange(min=1), default=None, help="Worker processes (default: CPU count).")
 @click.option("--recursive", is_flag=True, help="Descend into subfolders of folder arguments.")
-@click.option("-q", "--quiet", is_flag=True, help="Print problems only.")
+@json_option("Write one JSON document (kind check) for every model checked.")
+@shard_option
+@verbosity_options
 def check_command(paths: tuple[Path, ...], rules, skip_rules, jobs: int | None, recursive: bool,
-                  quiet: bool) -> None:
+                  json_path: Path | None, shard, quiet: bool, verbose: bool) -> None:
     """Check that no model in PATHS (.onnx files, or folders of them) has a foldable BatchNormalization.
 
     Nothing is written and nothing is run in onnxruntime. Exit codes: 0 clean; 1 a foldable
-    BatchNormalization remains; 2 usage; 3 a model is unreadable or invalid.
+    BatchNormalization remains; 2 usage; 3 a model is unreadable or invalid; 130 interrupted.
     """
     from bnfold.optimizer import select_rules
 
     select_rules(rules, skip_rules)
     settings = OptimizeSettings(rules=rules, skip_rules=skip_rules, verify=False, check=True)
-    model_jobs = [ModelJob(path, path, None, settings) for path in _expand(paths, recursive=recursive)]
-    if not model_jobs:
+    found = _expand(paths, recursive=recursive)
+    model_jobs = select_shard([ModelJob(path, path, None, settings) for path in found], shard,
+                              lambda job: job.label)
+    prepare_json(json_path, reads=found)
+    if not model_jobs and json_path is None:
         if not quiet:
-            click.echo("Nothing to check.")
+            click.echo("Nothing to check." if not found or shard is None
+                       else f"No model falls in shard {shard[0]}/{shard[1]}.")
         raise SystemExit(int(ExitCode.OK))
-    code = run_models(model_jobs, jobs=jobs, json_dir=None, quiet=quiet)
+    code = run_models(model_jobs, jobs=jobs, json_dir=json_path, quiet=quiet, kind="check", shard=shard)
     if code == ExitCode.OK and not quiet:
-        click.echo("Check passed: no foldable BatchNormalization remains.")
+        echo_human("Check passed: no foldable BatchNormalization remains.", json_path)
     raise SystemExit(code)
 
 

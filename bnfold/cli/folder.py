@@ -6,7 +6,6 @@ bad model becomes one failed row of the summary and never stops the others.
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import sys
@@ -19,14 +18,15 @@ from pathlib import Path
 
 import click
 
+from bnfold.cli.batch_report import emit_batch, refuse_clobbering_batch, write_model_reports
 from bnfold.cli.optimize_file import FileOutcome, OptimizeSettings, optimize_file
+from bnfold.cli.report_output import echo_human, to_stdout
+from bnfold.cli.shard import select_shard
 from bnfold.errors import ExitCode, ModelLoadError, OutputWriteError, UsageError
-from bnfold.report import SCHEMA_VERSION
 
 # The batch's exit code is the first of these that any model hit: a wrong or unfolded model (1) matters most
 # to CI, then models that could not be read (3), then outputs that could not be written (4), then usage (2).
 FAILURE_PRIORITY = (ExitCode.FAILED, ExitCode.MODEL_ERROR, ExitCode.OUTPUT_ERROR, ExitCode.USAGE)
-SUMMARY_JSON = "summary.json"
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class ModelJob:
 
 
 def optimize_folder(source: Path, output: Path | None, settings: OptimizeSettings, *, json_dir: Path | None,
-                    jobs: int | None, recursive: bool, quiet: bool) -> int:
+                    jobs: int | None, recursive: bool, quiet: bool, shard: tuple[int, int] | None = None) -> int:
     """``bnfold optimize DIR``: every ``*.onnx`` in DIR (and its subfolders with ``recursive``); the exit code.
 
     - Every ``*.onnx`` file (any case) is taken, ``*.folded.onnx`` included (re-folding is a no-op copy);
@@ -50,7 +50,9 @@ def optimize_folder(source: Path, output: Path | None, settings: OptimizeSetting
       existing folder (a mistyped path must not grow a tree); subfolders mirroring DIR are created freely.
       External data goes to ``<output>.data`` beside each output model.
     - ``--json JSONDIR``: ``JSONDIR/<relative path>.json`` per model (an error document for models that
-      could not be processed) and ``JSONDIR/summary.json`` for the batch.
+      could not be processed) and ``JSONDIR/summary.json`` for the batch; ``--json -``: the summary, with
+      every report embedded, on standard output (see ``batch_report``). No report may replace a model.
+    - ``shard`` (K, N): only the models whose relative path hashes to shard K of N (``shard``).
     - ``jobs`` worker processes (default: CPU count; 1 runs in this process).
     - Exit code 0 when every model is ok, else the first of FAILED (1), MODEL_ERROR (3), OUTPUT_ERROR (4),
       USAGE (2) that some model hit. A folder without models is an error (ModelLoadError, exit 3): a
@@ -60,16 +62,20 @@ def optimize_folder(source: Path, output: Path | None, settings: OptimizeSetting
 
     select_rules(settings.rules, settings.skip_rules)  # unknown rules: one usage error, not one per model
     out_dir = _output_folder(source, output, settings)
-    found = discover_models(source, recursive=recursive, skip=[p for p in (out_dir, json_dir) if p is not None])
+    report_dir = None if json_dir is None or to_stdout(json_dir) else json_dir
+    found = discover_models(source, recursive=recursive, skip=[p for p in (out_dir, report_dir) if p is not None])
     if not found:
         raise ModelLoadError(no_models_message(source, recursive))
-    for folder in (out_dir, json_dir):
+    relative = [path.relative_to(source) for path in found]
+    model_jobs = select_shard([ModelJob(path, rel, None if out_dir is None else out_dir / rel, settings)
+                               for path, rel in zip(found, relative, strict=True)], shard, lambda job: job.label)
+    refuse_clobbering_batch(json_dir, model_jobs, settings.inputs)
+    for folder in (out_dir, report_dir):
         if folder is not None:
             make_folder(folder)
-    relative = [path.relative_to(source) for path in found]
-    model_jobs = [ModelJob(path, rel, None if out_dir is None else out_dir / rel, settings)
-                  for path, rel in zip(found, relative, strict=True)]
-    return run_models(model_jobs, jobs=jobs, json_dir=json_dir, quiet=quiet)
+    if not model_jobs and shard is not None and not quiet:
+        echo_human(f"No model of {source} falls in shard {shard[0]}/{shard[1]}.", json_dir)
+    return run_models(model_jobs, jobs=jobs, json_dir=json_dir, quiet=quiet, shard=shard)
 
 
 def _output_folder(source: Path, output: Path | None, settings: OptimizeSettings) -> Path | None:
@@ -119,27 +125,27 @@ def make_folder(folder: Path) -> None:
         raise OutputWriteError(f"cannot create {folder}: {exc.strerror or exc}") from None
 
 
-def run_models(model_jobs: Sequence[ModelJob], *, jobs: int | None, json_dir: Path | None, quiet: bool) -> int:
-    """Run every job, write the reports, print the summary (stdout) and problems (stderr); the exit code."""
+def run_models(model_jobs: Sequence[ModelJob], *, jobs: int | None, json_dir: Path | None, quiet: bool,
+               kind: str = "folder", shard: tuple[int, int] | None = None) -> int:
+    """Run every job, write the reports, print the summary (stdout, stderr under ``--json -``) and problems
+    (stderr); the exit code. *kind*: ``folder`` (a JSON folder) or ``check`` (one JSON document)."""
     workers = max(1, min(jobs or os.cpu_count() or 1, len(model_jobs)))
     show_bar = not quiet and len(model_jobs) > 1 and sys.stderr.isatty()
     with _progress(len(model_jobs), show_bar) as advance:
         outcomes = _run_all(model_jobs, workers, advance)
     rows = list(zip(model_jobs, outcomes, strict=True))
-    entries = _write_reports(json_dir, rows) if json_dir is not None else []
+    report_dir = json_dir if kind == "folder" and json_dir is not None and not to_stdout(json_dir) else None
+    if report_dir is not None:
+        write_model_reports(report_dir, rows)
     if not quiet:
-        click.echo("\n".join(summary_lines(rows)))
+        echo_human("\n".join(summary_lines(rows)), json_dir)
     for job, outcome in rows:
         if outcome.exit_code != ExitCode.OK:
             click.echo(f"Error: {job.label.as_posix()}: {outcome.message}", err=True)
         elif outcome.message and not quiet:
             click.echo(f"Warning: {job.label.as_posix()}: {outcome.message}", err=True)
     code = batch_exit_code(outcome.exit_code for outcome in outcomes)
-    if json_dir is not None:
-        from bnfold.io.model_file import write_text_atomic
-
-        summary = {"schema_version": SCHEMA_VERSION, "exit_code": code, "models": entries}
-        write_text_atomic(json_dir / SUMMARY_JSON, json.dumps(summary, indent=2) + "\n")
+    emit_batch(json_dir, kind, rows, code, per_model_files=report_dir is not None, shard=shard)
     return code
 
 
@@ -171,8 +177,9 @@ def result_label(outcome: FileOutcome, *, check: bool) -> str:
         return "ok, with a warning" if outcome.message else "ok"
     if code == ExitCode.FAILED:
         return "check failed: foldable BatchNormalization" if check else "verification failed"
-    names = {ExitCode.USAGE: "usage error", ExitCode.MODEL_ERROR: "model error", ExitCode.OUTPUT_ERROR: "output error"}
-    return f"{names.get(code, 'error')} (exit {code})"
+    names = {int(ExitCode.USAGE): "usage error", int(ExitCode.MODEL_ERROR): "model error",
+             int(ExitCode.OUTPUT_ERROR): "output error"}
+    return f"{names.get(int(code), 'error')} (exit {code})"
 
 
 def batch_exit_code(codes) -> int:
@@ -209,11 +216,11 @@ def _progress(total: int, enabled: bool) -> Iterator[Callable[[], None]]:
 
 def _run_all(model_jobs: Sequence[ModelJob], workers: int, advance: Callable[[], None]) -> list[FileOutcome]:
     if workers == 1:
-        outcomes = []
+        serial: list[FileOutcome] = []
         for job in model_jobs:
-            outcomes.append(run_job(job))
+            serial.append(run_job(job))
             advance()
-        return outcomes
+        return serial
     outcomes: list[FileOutcome | None] = [None] * len(model_jobs)
     # spawn, not fork: the parent may hold onnxruntime threads, and forking a threaded process can deadlock.
     context = multiprocessing.get_context("spawn")
@@ -225,11 +232,13 @@ def _run_all(model_jobs: Sequence[ModelJob], workers: int, advance: Callable[[],
             except BrokenProcessPool:
                 continue  # a worker died (a crash in native code): retried one by one below
             advance()
-    for i, outcome in enumerate(outcomes):
+    done: list[FileOutcome] = []
+    for job, outcome in zip(model_jobs, outcomes, strict=True):
         if outcome is None:  # after a crash, run the rest alone so only the culprit fails
-            outcomes[i] = _run_isolated(model_jobs[i], context)
+            outcome = _run_isolated(job, context)
             advance()
-    return outcomes
+        done.append(outcome)
+    return done
 
 
 def _run_isolated(job: ModelJob, context) -> FileOutcome:
@@ -239,33 +248,3 @@ def _run_isolated(job: ModelJob, context) -> FileOutcome:
         except BrokenProcessPool:
             return FileOutcome(str(job.source), None, int(ExitCode.MODEL_ERROR),
                                "the worker process crashed while processing this model")
-
-
-def _write_reports(json_dir: Path, rows: Sequence[tuple[ModelJob, FileOutcome]]) -> list[dict]:
-    """JSONDIR/<relative path>.json per model; a report that cannot be written fails its model (exit 4)."""
-    from bnfold.io.model_file import write_text_atomic
-
-    entries = []
-    for job, outcome in rows:
-        name = job.label.with_name(job.label.name + ".json")
-        document = outcome.report.to_json() if outcome.report is not None else json.dumps(
-            {"schema_version": SCHEMA_VERSION, "source": outcome.source, "exit_code": outcome.exit_code,
-             "error": outcome.message}, indent=2)
-        try:
-            (json_dir / name).parent.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(json_dir / name, document + "\n")
-        except (OSError, OutputWriteError) as exc:
-            if outcome.exit_code == ExitCode.OK:
-                outcome.exit_code, outcome.message = int(ExitCode.OUTPUT_ERROR), f"report not written: {exc}"
-        entries.append(_summary_entry(job, outcome, name))
-    return entries
-
-
-def _summary_entry(job: ModelJob, outcome: FileOutcome, report_name: Path) -> dict:
-    report = outcome.report
-    return {"model": job.label.as_posix(), "source": outcome.source, "target": outcome.target,
-            "exit_code": outcome.exit_code, "message": outcome.message,
-            "bn_before": report.before.batchnorms if report is not None else None,
-            "bn_after": report.after.batchnorms if report is not None else None,
-            "verification": report.verification.status if report is not None else None,
-            "seconds": round(outcome.seconds, 3), "report": report_name.as_posix()}

@@ -9,33 +9,40 @@ import click
 
 from bnfold.cli.options import rule_options
 from bnfold.cli.render import some_names
+from bnfold.cli.report_output import echo_human, emit_json, json_option, prepare_json
+from bnfold.cli.verbosity import verbosity_options
 
 LIST_LIMIT = 40  # list BatchNormalizations one per line up to this many; group beyond (unless --verbose)
 
 
-@click.command("inspect")
+EXAMPLES = """\b
+Examples:
+  bnfold inspect model.onnx
+  bnfold inspect model.onnx -v               # every BatchNormalization, ungrouped
+  bnfold inspect model.onnx --json - | jq .totals
+"""
+
+
+@click.command("inspect", short_help="List each BatchNormalization: folds, or why not.", epilog=EXAMPLES)
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--json", "json_path", type=click.Path(path_type=Path, allow_dash=True), default=None,
-              help="Write the JSON report here ('-' for stdout, instead of the table).")
+@json_option("Write the JSON report here (the table then goes to standard error).")
 @rule_options
-@click.option("-v", "--verbose", is_flag=True, help=f"List every BatchNormalization even beyond {LIST_LIMIT}.")
-def inspect_command(model: Path, json_path: Path | None, rules, skip_rules, verbose: bool) -> None:
+@verbosity_options
+def inspect_command(model: Path, json_path: Path | None, rules, skip_rules, quiet: bool, verbose: bool) -> None:
     """List every BatchNormalization in MODEL (subgraphs included) and whether `bnfold optimize` folds it.
 
     The answer comes from running the real fold on a copy, so it agrees with `optimize` (which may still
-    revert a fold that fails verification). Exit codes: 0 ok; 2 usage; 3 model unreadable or invalid.
+    revert a fold that fails verification). Exit codes: 0 ok; 2 usage; 3 model unreadable or invalid;
+    130 interrupted.
     """
     from bnfold.inspection import inspect
 
+    prepare_json(json_path, reads=[model])
     report = inspect(model, rules=rules, skip_rules=skip_rules)
-    if json_path is not None and str(json_path) == "-":
-        click.echo(report.to_json())
-        return
     if json_path is not None:
-        from bnfold.io.model_file import write_text_atomic
-
-        write_text_atomic(json_path, report.to_json() + "\n")
-    click.echo(render_inspection(report, str(model), verbose=verbose))
+        emit_json(json_path, report.to_json())
+    if not quiet:
+        echo_human(render_inspection(report, str(model), verbose=verbose), json_path)
 
 
 def render_inspection(report, source: str, *, verbose: bool = False) -> str:

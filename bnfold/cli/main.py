@@ -6,15 +6,23 @@ import sys
 
 import click
 
-from bnfold import __version__
 from bnfold.cli.bench import bench_command
 from bnfold.cli.check import check_command
 from bnfold.cli.inspect import inspect_command
 from bnfold.cli.optimize import optimize_command
 from bnfold.cli.verify import verify_command
+from bnfold.cli.version import version_option
 from bnfold.errors import BnfoldError, ExitCode
 
 COMMANDS = (optimize_command, verify_command, bench_command, inspect_command, check_command)
+
+
+EPILOG = """\b
+Exit codes: 0 ok, 1 failed (verification, check), 2 usage, 3 model error,
+4 output error, 130 interrupted.
+Shell completion: eval "$(_BNFOLD_COMPLETE=bash_source bnfold)" in ~/.bashrc
+(zsh: zsh_source; fish: fish_source). 'bnfold COMMAND --help': options, examples.
+"""
 
 
 class _Group(click.Group):
@@ -39,8 +47,8 @@ class _Group(click.Group):
             ctx.exit(int(ExitCode.MODEL_ERROR))
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="bnfold")
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EPILOG)
+@version_option
 @click.option("--debug", is_flag=True, help="Show a traceback on unexpected errors.")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:

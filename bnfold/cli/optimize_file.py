@@ -36,6 +36,7 @@ class OptimizeSettings:
     rtol: float | None = None
     provider: str = "cpu"
     freeze_initializers: bool = False
+    external_data: bool | None = None  # --save-as-external-data: None keeps the automatic rule
 
 
 @dataclass
@@ -97,6 +98,7 @@ def optimize_file(source: Path, output: Path | None, settings: OptimizeSettings)
 
 
 def _run(source: Path, output: Path | None, settings: OptimizeSettings, outcome: FileOutcome) -> None:
+    from bnfold.cli.input_shapes import resolve_shapes
     from bnfold.io import model_file as io
     from bnfold.optimizer import optimize
 
@@ -106,7 +108,8 @@ def _run(source: Path, output: Path | None, settings: OptimizeSettings, outcome:
     result = optimize(source, rules=settings.rules, skip_rules=settings.skip_rules,
                       verify=settings.verify and not settings.check, revert=settings.revert,
                       strict=settings.strict, force=settings.force, inputs=settings.inputs,
-                      input_shapes=settings.input_shapes or None, samples=settings.samples, seed=settings.seed,
+                      input_shapes=resolve_shapes(source, settings.input_shapes) or None,
+                      samples=settings.samples, seed=settings.seed,
                       value_range=settings.value_range, atol=settings.atol, rtol=settings.rtol,
                       provider=settings.provider, metadata=settings.metadata,
                       freeze_initializers=settings.freeze_initializers)
@@ -118,28 +121,43 @@ def _run(source: Path, output: Path | None, settings: OptimizeSettings, outcome:
             outcome.exit_code = int(ExitCode.FAILED)
             outcome.message = f"{len(foldable)} foldable BatchNormalization remain (e.g. {foldable[0].node})"
         return
+    assert target is not None  # (only --check writes nothing)
     if target != source and result.source_external_data:
         _refuse_clobbering_input_data(source, target)
-    _write(source, target, result, outcome)
+    _write(source, target, result, outcome, settings.external_data)
     if result.report.verification.status == "failed":  # only reachable with --force
         outcome.message = "written despite failed verification (--force)"
 
 
-def _write(source: Path, target: Path, result, outcome: FileOutcome) -> None:
+def _write(source: Path, target: Path, result, outcome: FileOutcome, choice: bool | None = None) -> None:
+    """Write the result; *choice* is --save-as-external-data (None: the automatic rule, external data
+    where the input had it)."""
     from bnfold.io import model_file as io
 
     # An external-data input was loaded lazily: the weights the fold left alone are copied from its data files
     external, folder = result.source_external_data, result.external_folder
-    if not result.report.changed:
-        if target != source and not external:
-            io.atomic_write(target, lambda handle: _copy_into(source, handle))
-        elif target != source:
-            io.save_model(result.model, target, external_data=True, source_folder=folder)
+    layout = choice if choice is not None else (True if external else None)
+    same_layout = choice is None or choice == external
+    if not result.report.changed and same_layout and target == source:
+        pass  # in place and nothing to change: the file stays as it is
+    elif not result.report.changed and same_layout and not external:
+        io.atomic_write(target, lambda handle: _copy_into(source, handle))
     else:
-        io.save_model(result.model, target, external_data=True if external else None,
-                      source_folder=folder)  # streamed piece by piece: faster than writing one big bytes object
+        if layout is False and folder is not None:
+            _load_remaining_weights(result.model, folder)
+            folder = None
+        # streamed piece by piece: faster than writing one big bytes object
+        io.save_model(result.model, target, external_data=layout, source_folder=folder)
     outcome.target = str(target)  # only once written: a failed write reports "(nothing written)"
     outcome.size_after = os.path.getsize(target)
+
+
+def _load_remaining_weights(model, folder: Path) -> None:
+    """--no-save-as-external-data on an external-data input: the weights still in its data files come
+    into the model (checked locations, as when loading)."""
+    from bnfold.io.external_data import check_external_data, read_external_data
+
+    read_external_data(check_external_data(model, Path(folder), require_files=True))
 
 
 def _copy_into(source: Path, handle) -> None:

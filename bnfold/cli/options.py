@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -10,14 +11,18 @@ import click
 
 
 def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
-    """Parse ``NAME:1x3x224x224`` (the name may itself contain ':'; the last one splits)."""
+    """Parse ``NAME:1x3x224x224`` or ``NAME:1,3,224,224`` (onnxsim's spelling); the name may itself contain
+    ':' (the last one splits). Bare dims (``1,3,224,224``) give the name ``""``: the model's only input
+    (see ``cli.input_shapes``)."""
     name, sep, dims = text.rpartition(":")
-    if not sep or not name or not dims:
-        raise click.BadParameter(f"expected NAME:DIMS such as input:1x3x224x224, got {text!r}")
+    if sep and not name:
+        raise click.BadParameter(f"expected NAME:DIMS such as input:1,3,224,224, got {text!r}")
+    if not dims:
+        raise click.BadParameter(f"expected NAME:DIMS such as input:1,3,224,224 (or bare DIMS), got {text!r}")
     try:
-        shape = tuple(int(d) for d in dims.lower().split("x"))
+        shape = tuple(int(d) for d in re.split(r"[x,]", dims.lower()))
     except ValueError:
-        raise click.BadParameter(f"dimensions must be integers joined by 'x', got {dims!r}") from None
+        raise click.BadParameter(f"dimensions must be integers joined by ',' or 'x', got {dims!r}") from None
     if any(d < 0 for d in shape):
         raise click.BadParameter(f"dimensions must be >= 0, got {dims!r}")
     return name, shape
@@ -46,7 +51,8 @@ def _range_callback(_ctx: click.Context, _param: click.Parameter, value: str | N
 
 input_shape_option = click.option(
     "--input-shape", "input_shapes", multiple=True, callback=_shapes_callback, metavar="NAME:DIMS",
-    help="Shape for an input with symbolic dims, e.g. x:1x3x224x224 (repeatable).")
+    help="Shape for an input with symbolic dims: x:1,3,224,224 or x:1x3x224x224, or bare 1,3,224,224 for a "
+         "model with one input (repeatable).")
 
 
 def input_options(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -16,11 +16,13 @@ def some_names(names: list[str]) -> str:
 def human_bytes(n: int | None) -> str:
     if n is None:
         return "-"
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"
+    """Binary units, named as such (KiB = 1024 bytes)."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
 
 
 def stats_table(report, size_before: int | None, size_after: int | None) -> list[str]:
@@ -43,14 +45,15 @@ def folds_line(report) -> str:
     return f"Folded {len(report.applied)}: {parts}"
 
 
-def refused_lines(report) -> list[str]:
-    """BatchNormalizations left in place (one by one, or grouped by reason when many); affine sites counted."""
+def refused_lines(report, *, verbose: bool = False) -> list[str]:
+    """BatchNormalizations left in place (one by one, or grouped by reason when many unless *verbose*);
+    affine sites counted."""
     bns = [s for s in report.refused if s.op_type == "BatchNormalization"]
     affine = [s for s in report.refused if s.op_type != "BatchNormalization"]
     lines: list[str] = []
     if bns:
         lines.append(f"Left {len(bns)} BatchNormalization:")
-        if len(bns) <= GROUP_AFTER:
+        if verbose or len(bns) <= GROUP_AFTER:
             lines += [f"  {s.node} [{s.graph}]: {s.reason.value} - {s.sentence} ({s.detail})" for s in bns]
         else:
             groups = defaultdict(list)
@@ -87,12 +90,12 @@ def reverted_lines(report) -> list[str]:
 
 
 def render(report, *, source: str, target: str | None, size_before: int | None, size_after: int | None,
-           seconds: float) -> str:
+           seconds: float, verbose: bool = False) -> str:
     head = f"bnfold optimize {source}" + (f" -> {target}" if target else " (nothing written)")
     lines = [head, *stats_table(report, size_before, size_after),
              f"  time {seconds:.2f} s (fold {report.fold_seconds:.2f} s)", folds_line(report)]
     if report.removed_inputs:  # --freeze-initializers
         removed = list(report.removed_inputs)
         lines.append(f"Removed {len(removed)} initializer-backed graph inputs: {some_names(removed)}")
-    lines += reverted_lines(report) + refused_lines(report) + [verification_line(report)]
+    lines += reverted_lines(report) + refused_lines(report, verbose=verbose) + [verification_line(report)]
     return "\n".join(lines)

@@ -14,12 +14,22 @@ import click
 
 from bnfold.bench.plan import PROVIDER_NAMES
 from bnfold.cli.options import input_options
+from bnfold.cli.report_output import echo_human, emit_json, json_option, prepare_json
+from bnfold.cli.verbosity import verbosity_options
 from bnfold.errors import VerificationFailed
 
 MAX_TENSOR_ROWS = 12  # intermediate tensors listed one by one; beyond, only the failing ones up to this many
 
 
-@click.command("verify")
+EXAMPLES = """\b
+Examples:
+  bnfold verify model.onnx model.folded.onnx
+  bnfold verify model.onnx model.folded.onnx --per-layer --input-shape x:1,3,224,224
+  bnfold verify a.onnx b.onnx --json - | jq .passed
+"""
+
+
+@click.command("verify", short_help="Check that two models compute the same outputs.", epilog=EXAMPLES)
 @click.argument("reference", type=click.Path(path_type=Path))
 @click.argument("candidate", type=click.Path(path_type=Path))
 @click.option("--atol", type=click.FloatRange(min=0), default=None,
@@ -31,35 +41,37 @@ MAX_TENSOR_ROWS = 12  # intermediate tensors listed one by one; beyond, only the
 @click.option("--check-tensor", "check_tensors", multiple=True, metavar="NAME",
               help="Also compare this intermediate tensor; it counts for the verdict (repeatable).")
 @click.option("--provider", type=click.Choice(PROVIDER_NAMES), default="cpu", show_default=True)
-@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
-              help="Write the JSON report here (also when verification fails).")
+@json_option("Write the JSON report here (also when verification fails).")
 @click.option("--truth", type=click.Choice(["float64"]), default=None,
               help="Also measure both models against the reference evaluated in float64 (onnx's reference "
                    "evaluator: small models).")
+@verbosity_options
 @input_options
 def verify_command(reference: Path, candidate: Path, atol: float | None, rtol: float | None, per_layer: bool,
                    check_tensors: tuple[str, ...], provider: str, json_path: Path | None, truth: str | None,
-                   input_shapes, inputs, samples: int, seed: int, value_range) -> None:
+                   quiet: bool, verbose: bool, input_shapes, inputs, samples: int, seed: int, value_range) -> None:
     """Check that CANDIDATE computes what REFERENCE computes (onnxruntime, graph optimizations disabled).
 
-    Exit codes: 0 match; 1 mismatch; 2 usage; 3 model or inputs unusable; 4 report cannot be written.
+    Exit codes: 0 match; 1 mismatch; 2 usage; 3 model or inputs unusable; 4 report cannot be written;
+    130 interrupted.
     """
-    from bnfold.io.atomic import require_folder, write_text_atomic
+    from bnfold.cli.input_shapes import resolve_shapes
     from bnfold.verification.verifier import verify
 
-    if json_path is not None:
-        require_folder(json_path)  # fail before the (possibly long) run, not after it
+    prepare_json(json_path, reads=[reference, candidate], inputs=inputs)  # before the (possibly long) run
+    input_shapes = resolve_shapes(reference, input_shapes)
     report = verify(str(reference), str(candidate), inputs=inputs, input_shapes=dict(input_shapes) or None,
                     atol=atol, rtol=rtol, per_layer=per_layer, samples=samples, seed=seed, value_range=value_range,
                     provider=provider, check_tensors=check_tensors)
     truth_rows = _truth(reference, candidate, truth, inputs, input_shapes, samples, seed, value_range)
     if json_path is not None:
         document = report.to_dict() | ({"truth": [row.to_dict() for row in truth_rows]} if truth else {})
-        write_text_atomic(json_path, json.dumps(document, indent=2) + "\n")
-    click.echo(render(report, reference=str(reference), candidate=str(candidate)))
-    for row in truth_rows:
-        click.echo(f"vs float64 truth: output {row.output!r}: reference error {row.reference_error:.3g}, "
-                   f"candidate error {row.candidate_error:.3g} (max |error| / max |truth|)")
+        emit_json(json_path, json.dumps(document, indent=2, allow_nan=False))
+    if not quiet:
+        echo_human(render(report, reference=str(reference), candidate=str(candidate), verbose=verbose), json_path)
+    for row in truth_rows if not quiet else ():
+        echo_human(f"vs float64 truth: output {row.output!r}: reference error {row.reference_error:.3g}, "
+                   f"candidate error {row.candidate_error:.3g} (max |error| / max |truth|)", json_path)
     if not report.passed:
         raise VerificationFailed(f"verification failed: {report.summary()}", report)
 
@@ -78,7 +90,7 @@ def _truth(reference: Path, candidate: Path, truth: str | None, inputs, input_sh
     return compare_to_truth(model, str(candidate), feeds)
 
 
-def render(report, *, reference: str, candidate: str) -> str:
+def render(report, *, reference: str, candidate: str, verbose: bool = False) -> str:
     """The plain-text report: how the models were run, one row per compared tensor, the verdict."""
     lines = [f"bnfold verify {reference} (reference) vs {candidate} (candidate)"]
     lines += [f"  input {_input_line(spec)}" for spec in report.inputs]
@@ -87,7 +99,7 @@ def render(report, *, reference: str, candidate: str) -> str:
                  f"(x max(1, channel magnitude)), rtol {_tol(report.rtol)}")
     lines += _table("output", report.outputs)
     if report.tensors:
-        lines += _tensor_rows(report)
+        lines += _table("tensor", report.tensors) if verbose else _tensor_rows(report)
     if report.first_divergence:
         d = report.first_divergence
         where = f" from node {d['node']!r} ({d['op_type']})" if d.get("node") else ""

@@ -7,11 +7,24 @@ verification builds two sessions per check. Instead, :func:`detach` splits an in
   dtype, dims), tens of kilobytes however big the model, and
 - the *arrays* those stubs stand for,
 
-and :func:`lend` puts the arrays into the session options (``add_initializer``: onnxruntime uses the
-buffers as they are, no copy); the session is made from the structure serialised. onnxruntime insists
-that an initializer without data points at external data that exists, so each stub names an empty
-placeholder file in a private temporary folder; the data itself always comes from the lent array,
-never from that file.
+and :func:`lend` puts the arrays into the session options; the session is made from the structure
+serialised. onnxruntime insists that an initializer without data points at external data that exists, so
+each stub names an empty placeholder file in a private temporary folder; the data itself always comes
+from the lent array, never from that file.
+
+Two ways to lend, chosen by the graph optimization level (measured on resnet50, 98 MiB of weights,
+onnxruntime 1.32, RSS growth while the session is created):
+
+- ``add_initializer`` (optimizations disabled, as verification runs): onnxruntime uses the buffers as
+  they are, no copy (+17 MiB). With any optimization on, it refuses the session ("External initializer
+  ... can not be read"): a graph transformer reads initializers from their (empty) file.
+- ``add_external_initializers`` (every other level): accepted at every level, but onnxruntime copies the
+  data (+115 MiB with optimizations off, +292 MiB with all on); still below the fallback of serialising
+  the whole model (+258 / +371 MiB), so it serves where ``add_initializer`` cannot.
+
+A session onnxruntime still refuses is rebuilt from the whole model by the caller (``run.sessions``);
+the lent attempt logs nothing (severity fatal only), so a refusal that is retried prints no
+``[E:onnxruntime...]`` line.
 
 Small tensors (shape inputs of Reshape and the like) and non-float ones stay inline: shape inference
 reads them, and lending saves nothing there.
@@ -31,6 +44,7 @@ from bnfold.io.external_data import element_count, has_external_data
 EXTERNAL_FOLDER_KEY = "session.model_external_initializers_file_folder_path"  # where external data is found
 PLACEHOLDER = "bnfold-lent-weights.bin"  # an empty file; onnxruntime only checks that it exists
 LEND_MIN_BYTES = 1024
+FATAL_ONLY = 4  # onnxruntime's log severity for the lent attempt
 _LENDABLE: dict[int, np.dtype] = {
     onnx.TensorProto.FLOAT: np.dtype(np.float32),
     onnx.TensorProto.DOUBLE: np.dtype(np.float64),
@@ -91,11 +105,14 @@ def lend(model: DetachedModel, folder: str, options) -> list:
 
     open(os.path.join(folder, PLACEHOLDER), "wb").close()
     options.add_session_config_entry(EXTERNAL_FOLDER_KEY, folder)
-    values = []
-    for name, array in model.arrays.items():
-        value = ort.OrtValue.ortvalue_from_numpy(array)
+    options.log_severity_level = FATAL_ONLY  # a refusal is retried (and reported) with the whole model
+    values = [ort.OrtValue.ortvalue_from_numpy(array) for array in model.arrays.values()]
+    copying = getattr(options, "add_external_initializers", None)
+    if options.graph_optimization_level != ort.GraphOptimizationLevel.ORT_DISABLE_ALL and copying is not None:
+        copying(list(model.arrays), values)
+        return values
+    for name, value in zip(model.arrays, values, strict=True):
         options.add_initializer(name, value)
-        values.append(value)
     return values
 
 

@@ -78,6 +78,8 @@ EXACT = Tolerance(atol=0.0, rtol=0.0)
 class VerifyReport(ReportMixin):
     """The verdict, every comparison behind it, and how the models were fed and run."""
 
+    REPORT_KIND = "verify"  # the report contract (bnfold/report.py)
+
     passed: bool
     outputs: tuple[TensorComparison, ...]
     tensors: tuple[TensorComparison, ...]  # check_tensors first, then per-layer tensors in candidate order

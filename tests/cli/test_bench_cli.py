@@ -13,7 +13,7 @@ from bnfold.cli.main import cli
 from bnfold.run.sessions import available_providers
 from tests.bench.test_benchmark import conv_bn_relu
 
-FAST = ["--warmup", "1", "--iterations", "5", "--quiet"]
+FAST = ["--warmup", "1", "--iterations", "5"]  # (no --quiet: it now hides the report too)
 no_cuda = pytest.mark.skipif("cuda" in available_providers(), reason="this onnxruntime has CUDA")
 
 

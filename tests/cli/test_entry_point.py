@@ -47,4 +47,8 @@ def test_python_dash_m_prints_the_version():
     done = subprocess.run([sys.executable, "-m", "bnfold", "--version"], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == f"bnfold, version {__version__}"
+    # the first line as click prints it; then what a bug report needs (issue 13: onnx, onnxruntime, providers)
+    lines = done.stdout.strip().splitlines()
+    assert lines[0] == f"bnfold, version {__version__}"
+    assert any(line.startswith("onnx ") for line in lines)
+    assert any(line.startswith("onnxruntime ") and "CPUExecutionProvider" in line for line in lines)

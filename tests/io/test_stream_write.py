@@ -80,3 +80,31 @@ def test_repeated_fields_are_recognised_without_is_repeated():
     assert not _is_repeated(onnx.GraphProto.DESCRIPTOR.fields_by_name["name"])
     assert _is_repeated(SimpleNamespace(label=3, LABEL_REPEATED=3))
     assert not _is_repeated(SimpleNamespace(label=1, LABEL_REPEATED=3))
+
+
+def _with_unknown_fields(model: onnx.ModelProto) -> onnx.ModelProto:
+    """*model* as a newer onnx might write it: unknown field 99 on the model and on its graph, of several
+    wire types (length-delimited on the model; varint, fixed32 and fixed64 on the graph)."""
+    graph = model.graph.SerializeToString()
+    graph += _varint(99 << 3 | 0) + _varint(300) + _varint(98 << 3 | 5) + b"\x01\x02\x03\x04"
+    graph += _varint(97 << 3 | 1) + bytes(range(8))
+    head = onnx.ModelProto()
+    head.CopyFrom(model)
+    head.ClearField("graph")
+    data = head.SerializeToString() + _varint(7 << 3 | 2) + _varint(len(graph)) + graph
+    data += _varint(99 << 3 | 2) + _varint(5) + b"later"
+    return onnx.load_model_from_string(data)
+
+
+def test_unknown_fields_at_model_and_graph_level_are_kept():
+    """Regression (issue 13): the writer dropped them (a field 99: 1 unknown field before, 0 after)."""
+    from google.protobuf.unknown_fields import UnknownFieldSet
+
+    model = _with_unknown_fields(models.build("resnet18"))
+    assert len(UnknownFieldSet(model)) == 1 and len(UnknownFieldSet(model.graph)) == 3
+    buffer = io.BytesIO()
+    write_model(model, buffer)
+    again = onnx.load_model_from_string(buffer.getvalue())
+    assert len(UnknownFieldSet(again)) == 1 and len(UnknownFieldSet(again.graph)) == 3
+    assert again == model
+    assert again.SerializeToString(deterministic=True) == model.SerializeToString(deterministic=True)

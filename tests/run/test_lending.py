@@ -161,3 +161,25 @@ def test_the_fold_path_does_not_import_onnxruntime():
     code = "import sys, bnfold.optimizer, bnfold.cli.optimize_file; print('onnxruntime' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("level", ["disable", "basic", "extended", "all"])
+def test_weights_are_lent_at_every_optimization_level(model, level, capfd):
+    """Regression (issue 13): with optimizations on, lending failed (printing an ``[E:onnxruntime...]``
+    line despite the log level) and the whole model was serialised."""
+    session = create_session(detach(model), opt_level=level)
+    assert len(session._bnfold_lent_values) == 1
+    assert "onnxruntime" not in capfd.readouterr().err
+    np.testing.assert_allclose(session.run(["flatten_out"], FEED)[0], _whole_session_output(model),
+                               rtol=1e-5, atol=1e-5)  # optimized kernels may round differently
+
+
+def test_the_lent_attempt_logs_nothing_a_retry_would_report(model, tmp_path):
+    """A refused loan is retried with the whole model (whose own error is reported): onnxruntime must not
+    print the first refusal (issue 13: an ``[E:onnxruntime...]`` line despite the log level)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    detached.lend(detach(model), str(tmp_path), options)
+    assert options.log_severity_level == detached.FATAL_ONLY
