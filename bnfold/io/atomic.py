@@ -22,7 +22,7 @@ from bnfold.io.stale import backup_path, clear_stale, temporary_prefix
 from bnfold.io.writeback import WritebackFile
 
 __all__ = ["SignalGuard", "SignalTerminated", "atomic_write", "write_text_atomic", "staged", "require_folder",
-           "sync_folder", "commit_pair", "clear_stale", "signals_held"]
+           "sync_folder", "commit_pair", "clear_stale", "signals_held", "scratch_folder"]
 
 
 class _Stage:
@@ -121,6 +121,19 @@ def staged(destination: Path) -> Iterator[_Stage]:
     finally:
         if stage is not None:
             stage.discard()
+
+
+@contextmanager
+def scratch_folder(prefix: str) -> Iterator[str]:
+    """A temporary folder, removed on exit; a signal landing right as it is created can't leave it behind."""
+    folder = None
+    try:
+        with deferred_signals():
+            folder = tempfile.TemporaryDirectory(prefix=prefix)
+        yield folder.name
+    finally:
+        if folder is not None:
+            folder.cleanup()
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
