@@ -6,6 +6,7 @@ bad model becomes one failed row of the summary and never stops the others.
 
 from __future__ import annotations
 
+import errno
 import json
 import multiprocessing
 import os
@@ -97,8 +98,19 @@ def discover_models(source: Path, *, recursive: bool, skip: Sequence[Path] = ())
         dirs[:] = [] if not recursive else sorted(
             d for d in dirs if not d.startswith(".") and (here / d).resolve() not in skipped)
         found += [here / f for f in files
-                  if f.lower().endswith(".onnx") and not f.startswith(".") and (here / f).is_file()]
+                  if f.lower().endswith(".onnx") and not f.startswith(".") and _model_entry(here / f)]
     return sorted(found, key=lambda path: path.relative_to(source).parts)
+
+
+def _model_entry(path: Path) -> bool:
+    """A file to take: a regular file, or a symlink loop (taken so that its row reports it, not left out)."""
+    if path.is_file():
+        return True
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc.errno == errno.ELOOP
+    return False
 
 
 def no_models_message(source: Path, recursive: bool) -> str:
