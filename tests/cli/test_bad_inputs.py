@@ -16,7 +16,6 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
-
 from onnx import TensorProto, helper, numpy_helper
 
 import models

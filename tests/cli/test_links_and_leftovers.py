@@ -5,7 +5,6 @@ file is no longer used (it is not deleted: another model may read it)."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import onnx
 from click.testing import CliRunner

@@ -193,7 +193,7 @@ def test_random_feeds_are_drawn_one_sample_at_a_time_and_reproducibly():
     assert len(lazy) == 100_000
     assert lazy._states == {}  # nothing drawn before it is used
     assert all(np.array_equal(lazy[i]["x"], eager[i]["x"]) for i in (3, 0, 4))  # indexing redraws sample i
-    assert [np.array_equal(a["x"], b["x"]) for a, b in zip(lazy, eager)] == [True] * 5  # zip stops at 5
+    assert [np.array_equal(a["x"], b["x"]) for a, b in zip(lazy, eager, strict=False)] == [True] * 5
     assert np.array_equal(lazy[-1]["x"], lazy[99_999]["x"])
 
 
