@@ -70,7 +70,7 @@ def external_model(tmp_path_factory) -> Path:
     return folder / "m.onnx"
 
 
-@pytest.mark.parametrize("delay", [0.0, 0.05, 0.3])
+@pytest.mark.parametrize("delay", [0.0, 0.3])
 def test_sigterm_during_verification_of_an_external_data_model_leaves_no_scratch_copy(
         external_model, tmp_path, delay):
     scratch = tmp_path / "tmp"
@@ -91,7 +91,7 @@ def test_sigterm_during_verification_of_an_external_data_model_leaves_no_scratch
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
-@pytest.mark.parametrize("delay", [0.0, 0.1, 0.4])
+@pytest.mark.parametrize("delay", [0.0, 0.4])
 def test_ctrl_c_during_start_up_imports_is_one_line_and_exit_130(tmp_path, delay):
     source = tmp_path / "m.onnx"
     onnx.save(models.build("resnet18"), source)
@@ -108,7 +108,7 @@ def test_ctrl_c_during_start_up_imports_is_one_line_and_exit_130(tmp_path, delay
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
 
 
-@pytest.mark.parametrize("delay", [0.0, 0.002, 0.02])
+@pytest.mark.parametrize("delay", [0.0, 0.02])
 def test_ctrl_c_during_the_lazy_onnxruntime_import_is_an_interrupt_not_an_internal_error(tmp_path, delay):
     source = tmp_path / "m.onnx"
     onnx.save(models.build("resnet18"), source)
