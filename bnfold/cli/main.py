@@ -24,6 +24,11 @@ def _interrupted_exit(signum: int = signal.SIGINT) -> None:
         os._exit(INTERRUPTED)
 
 
+# SIGTERM during the imports below: nothing is written yet, so leave at once with one line (restored after)
+_STARTUP_SIGTERM = signal.getsignal(signal.SIGTERM)
+if _STARTUP_SIGTERM is signal.SIG_DFL:
+    signal.signal(signal.SIGTERM, lambda signum, frame: _interrupted_exit(signum))
+
 try:  # the imports take seconds (onnx, numpy): a Ctrl-C here must not print a traceback
     import click
 
@@ -37,6 +42,8 @@ try:  # the imports take seconds (onnx, numpy): a Ctrl-C here must not print a t
     from bnfold.io.signals import SignalGuard
 except KeyboardInterrupt:
     _interrupted_exit()
+if _STARTUP_SIGTERM is signal.SIG_DFL:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 COMMANDS = (optimize_command, verify_command, bench_command, inspect_command, check_command)
 

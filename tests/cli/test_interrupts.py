@@ -91,8 +91,9 @@ def test_sigterm_during_verification_of_an_external_data_model_leaves_no_scratch
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize("delay", [0.0, 0.4])
-def test_ctrl_c_during_start_up_imports_is_one_line_and_exit_130(tmp_path, delay):
+def test_ctrl_c_during_start_up_imports_is_one_line_and_exit_130(tmp_path, delay, signum):
     source = tmp_path / "m.onnx"
     onnx.save(models.build("resnet18"), source)
     before = digest(source)
@@ -100,7 +101,7 @@ def test_ctrl_c_during_start_up_imports_is_one_line_and_exit_130(tmp_path, delay
     wait_for(loaded(process, "numpy"), process)  # well inside bnfold's imports (numpy, then onnx)
     time.sleep(delay)
     if process.poll() is None:
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signum)
     code, stderr = finish(process)
     if code != 0:
         assert_one_line_interrupt(code, stderr)
