@@ -231,12 +231,16 @@ def _run_all(model_jobs: Sequence[ModelJob], workers: int, advance: Callable[[],
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         futures = {pool.submit(run_job, job): i for i, job in enumerate(model_jobs)}
-        for future in as_completed(futures):
-            try:
-                outcomes[futures[future]] = future.result()
-            except BrokenProcessPool:
-                continue  # a worker died (a crash in native code): retried one by one below
-            advance()
+        try:
+            for future in as_completed(futures):
+                try:
+                    outcomes[futures[future]] = future.result()
+                except BrokenProcessPool:
+                    continue  # a worker died (a crash in native code): retried one by one below
+                advance()
+        except KeyboardInterrupt:  # SIGINT/SIGTERM: models not yet started never start; running ones finish
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
     for i, outcome in enumerate(outcomes):
         if outcome is None:  # after a crash, run the rest alone so only the culprit fails
             outcomes[i] = _run_isolated(model_jobs[i], context)

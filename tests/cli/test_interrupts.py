@@ -121,3 +121,21 @@ def test_ctrl_c_during_the_lazy_onnxruntime_import_is_an_interrupt_not_an_intern
     code, stderr = finish(process)
     if code != 0:
         assert_one_line_interrupt(code, stderr)
+
+
+def test_sigterm_in_folder_mode_stops_the_batch_instead_of_finishing_it(tmp_path):
+    models_dir, out = tmp_path / "models", tmp_path / "out"
+    models_dir.mkdir()
+    for index in range(8):
+        onnx.save(models.build("resnet18", seed=index), models_dir / f"m{index}.onnx")
+    process = start(["optimize", str(models_dir), "-o", str(out), "--jobs", "2", "-q"])
+    wait_for(lambda: out.is_dir() and any(p.suffix == ".onnx" for p in out.iterdir()), process, limit=120)
+    if process.poll() is not None:
+        pytest.skip("the batch finished before it could be interrupted")
+    process.send_signal(signal.SIGTERM)
+    code, stderr = finish(process)
+    assert_one_line_interrupt(code, stderr)
+    written = sorted(p.name for p in out.iterdir())
+    assert all(name.endswith(".onnx") for name in written) and len(written) < 8, written
+    for name in written:
+        onnx.checker.check_model(onnx.load(out / name))  # whatever was written is whole
