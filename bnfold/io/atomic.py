@@ -4,6 +4,8 @@ A temporary file is created in the destination's folder (same filesystem, so the
 written (its pages sent to disk as it grows: :mod:`bnfold.io.writeback`), flushed, fsynced and renamed over the
 destination. On any failure, KeyboardInterrupt or SIGTERM
 (see ``SignalGuard``) the temporary file is removed. Used for models, external data files and reports.
+Temporaries are named ``.<name>.<pid>.<random>.tmp``, so that the next save can clear those of a killed process
+(``bnfold.io.stale``); the steps that must not split run with signals deferred (``bnfold.io.signals``).
 """
 
 from __future__ import annotations
