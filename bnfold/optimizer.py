@@ -10,7 +10,6 @@ import ctypes
 import functools
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from bnfold.fold.driver import AppliedFold, FoldOutcome, RefusedSite, fold_and_c
 from bnfold.fold.rules import RULE_NAMES, RULES, Rule
 from bnfold.fold.sizes import ModelStats, model_stats
 from bnfold.fold.skeleton import skeleton
+from bnfold.io.atomic import scratch_folder
 from bnfold.io.external_data import has_external_data
 from bnfold.io.lazy_data import DataFolder
 from bnfold.provenance import add_provenance, strip_provenance
@@ -263,7 +263,7 @@ def _verify_and_revert(model, outcome: FoldOutcome, refold, reference: Reference
     reverted: list[RevertedFold] = []
     exclude: set[str] = set()
     with contextlib.ExitStack() as stack:
-        scratch = functools.cache(lambda: stack.enter_context(tempfile.TemporaryDirectory(prefix="bnfold-verify-")))
+        scratch = functools.cache(lambda: stack.enter_context(scratch_folder("bnfold-verify-")))
         while True:
             try:
                 report = run_verify(reference.source, _candidate(model, scratch, data),

@@ -6,6 +6,7 @@ bad model becomes one failed row of the summary and never stops the others.
 
 from __future__ import annotations
 
+import errno
 import multiprocessing
 import os
 import sys
@@ -103,8 +104,19 @@ def discover_models(source: Path, *, recursive: bool, skip: Sequence[Path] = ())
         dirs[:] = [] if not recursive else sorted(
             d for d in dirs if not d.startswith(".") and (here / d).resolve() not in skipped)
         found += [here / f for f in files
-                  if f.lower().endswith(".onnx") and not f.startswith(".") and (here / f).is_file()]
+                  if f.lower().endswith(".onnx") and not f.startswith(".") and _model_entry(here / f)]
     return sorted(found, key=lambda path: path.relative_to(source).parts)
+
+
+def _model_entry(path: Path) -> bool:
+    """A file to take: a regular file, or a symlink loop (taken so that its row reports it, not left out)."""
+    if path.is_file():
+        return True
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc.errno == errno.ELOOP
+    return False
 
 
 def no_models_message(source: Path, recursive: bool) -> str:
@@ -226,12 +238,16 @@ def _run_all(model_jobs: Sequence[ModelJob], workers: int, advance: Callable[[],
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         futures = {pool.submit(run_job, job): i for i, job in enumerate(model_jobs)}
-        for future in as_completed(futures):
-            try:
-                outcomes[futures[future]] = future.result()
-            except BrokenProcessPool:
-                continue  # a worker died (a crash in native code): retried one by one below
-            advance()
+        try:
+            for future in as_completed(futures):
+                try:
+                    outcomes[futures[future]] = future.result()
+                except BrokenProcessPool:
+                    continue  # a worker died (a crash in native code): retried one by one below
+                advance()
+        except KeyboardInterrupt:  # SIGINT/SIGTERM: models not yet started never start; running ones finish
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
     done: list[FileOutcome] = []
     for job, outcome in zip(model_jobs, outcomes, strict=True):
         if outcome is None:  # after a crash, run the rest alone so only the culprit fails

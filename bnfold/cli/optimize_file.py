@@ -83,6 +83,16 @@ def _refuse_clobbering_input_data(source: Path, target: Path) -> None:
             raise UsageError(f"-o {target} would overwrite {path}, which the input model reads; choose another name")
 
 
+def _data_files(model_path: Path) -> set[Path]:
+    """The external data files a model file reads (resolved), from its structure alone."""
+    from bnfold.io import model_file as io
+    from bnfold.io.external_data import check_external_data
+
+    model = io.load_model(model_path, load_external_data=False)
+    return {Path(os.path.realpath(ref.path)) for ref in check_external_data(
+        model, model_path.absolute().parent, require_files=False)}
+
+
 def optimize_file(source: Path, output: Path | None, settings: OptimizeSettings) -> FileOutcome:
     """Process one model; never raises for model problems: they become the outcome's exit code."""
     started = time.perf_counter()
@@ -124,7 +134,13 @@ def _run(source: Path, output: Path | None, settings: OptimizeSettings, outcome:
     assert target is not None  # (only --check writes nothing)
     if target != source and result.source_external_data:
         _refuse_clobbering_input_data(source, target)
+    old_data = _data_files(source) if target == source and result.source_external_data else set()
     _write(source, target, result, outcome, settings.external_data)
+    left = sorted(old_data - _data_files(target)) if old_data else []
+    if left:  # --in-place writes <model>.data: a data file under another name would stay behind unseen
+        now = f"now in {target.name}.data" if _data_files(target) else "now inside it"
+        outcome.message = (f"{', '.join(p.name for p in left)} no longer used by {target.name} (its tensors are "
+                           f"{now}); delete it unless another model reads it")
     if result.report.verification.status == "failed":  # only reachable with --force
         outcome.message = "written despite failed verification (--force)"
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import functools
+import math
 import re
 from collections.abc import Callable
 from typing import Any
 
 import click
+
+MAX_DIM = 2**63 - 1
 
 
 def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
@@ -25,6 +28,8 @@ def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
         raise click.BadParameter(f"dimensions must be integers joined by ',' or 'x', got {dims!r}") from None
     if any(d < 0 for d in shape):
         raise click.BadParameter(f"dimensions must be >= 0, got {dims!r}")
+    if any(d > MAX_DIM for d in shape):
+        raise click.BadParameter(f"dimensions must be at most 2^63-1 (ONNX dims are int64), got {dims!r}")
     return name, shape
 
 
@@ -36,6 +41,8 @@ def parse_range(text: str | None) -> tuple[float, float] | None:
         low, high = (float(v) for v in text.split(","))
     except ValueError:
         raise click.BadParameter(f"expected LOW,HIGH such as 0,1, got {text!r}") from None
+    if not (math.isfinite(low) and math.isfinite(high) and math.isfinite(high - low)):
+        raise click.BadParameter(f"LOW and HIGH must be finite, and HIGH - LOW too (at most ~1.8e308), got {text!r}")
     if not low < high:
         raise click.BadParameter(f"LOW must be below HIGH, got {text!r}")
     return low, high

@@ -8,9 +8,14 @@ external data through its own writer.
 May import: the standard library, onnx, numpy and the shared modules (``bnfold.errors``, ``bnfold.reasons``,
 ``bnfold.report``); nothing from another stage.
 
+Loading also refuses invalid graphs and malformed tensors before anything folds them (``graph_check``,
+``tensor_check``); saving defers signals across the steps that must not split (``signals``) and clears what a
+killed earlier save left behind (``stale``).
+
 Entry points: ``load_model``, ``load_model_and_layout``, ``save_model``, ``uses_external_data``,
 ``has_external_data``, ``atomic_write``, ``write_text_atomic``; modules ``atomic``, ``external_data``,
-``external_write``, ``lazy_data``, ``stream_write``, ``writeback``, ``model_file``.
+``external_write``, ``lazy_data``, ``stream_write``, ``writeback``, ``model_file``, ``graph_check``,
+``tensor_check``, ``signals``, ``stale``.
 """
 
 from __future__ import annotations

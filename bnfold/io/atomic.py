@@ -4,65 +4,27 @@ A temporary file is created in the destination's folder (same filesystem, so the
 written (its pages sent to disk as it grows: :mod:`bnfold.io.writeback`), flushed, fsynced and renamed over the
 destination. On any failure, KeyboardInterrupt or SIGTERM
 (see ``SignalGuard``) the temporary file is removed. Used for models, external data files and reports.
+Temporaries are named ``.<name>.<pid>.<random>.tmp``, so that the next save can clear those of a killed process
+(``bnfold.io.stale``); the steps that must not split run with signals deferred (``bnfold.io.signals``).
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import stat
 import tempfile
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import FrameType
 from typing import BinaryIO
 
 from bnfold.errors import OutputWriteError
+from bnfold.io.signals import SignalGuard, SignalTerminated, deferred_signals
+from bnfold.io.stale import backup_path, clear_stale, temporary_prefix
 from bnfold.io.writeback import WritebackFile
 
 __all__ = ["SignalGuard", "SignalTerminated", "atomic_write", "write_text_atomic", "staged", "require_folder",
-           "sync_folder"]
-
-
-class SignalTerminated(KeyboardInterrupt):
-    """A termination signal, raised as KeyboardInterrupt so ``finally`` clean-ups run."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(f"terminated by {signal.Signals(signum).name}")
-        self.signum = signum
-
-
-class SignalGuard:
-    """While active, SIGTERM raises ``SignalTerminated`` in the main thread instead of killing the process.
-
-    Without it, a plain SIGTERM ends Python without unwinding, leaving temporary files behind. Installed only
-    in the main thread (the only place Python allows handlers); a signal the process ignores stays ignored.
-    The previous handlers are restored on exit (SIG_DFL where the old one was installed outside Python).
-    """
-
-    def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM,)) -> None:
-        self._signals = signals
-        self._previous: dict[int, object] = {}
-
-    def __enter__(self) -> SignalGuard:
-        if threading.current_thread() is not threading.main_thread():
-            return self
-        for signum in self._signals:
-            if signal.getsignal(signum) is signal.SIG_IGN:
-                continue
-            self._previous[signum] = signal.signal(signum, self._raise)
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        for signum, previous in self._previous.items():
-            signal.signal(signum, signal.SIG_DFL if previous is None else previous)
-        self._previous.clear()
-
-    @staticmethod
-    def _raise(signum: int, frame: FrameType | None) -> None:
-        raise SignalTerminated(signum)
+           "sync_folder", "commit_pair", "clear_stale", "signals_held", "scratch_folder"]
 
 
 class _Stage:
@@ -95,44 +57,25 @@ class _Stage:
                 pass
 
 
-_HELD = {signal.SIGINT, signal.SIGTERM}
-
-
-def _hold_signals() -> set | None:
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
-        return None
-    return signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
-
-
-def _release_signals(previous: set | None) -> None:
-    if previous is not None:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
-@contextmanager
-def signals_held() -> Iterator[None]:
-    """SIGINT/SIGTERM wait until the block is done (delivered right after): for steps that must not be split."""
-    held = _hold_signals()
-    try:
-        yield
-    finally:
-        _release_signals(held)
+signals_held = deferred_signals  # the name earlier callers know
 
 
 def commit_pair(data: _Stage | None, model: _Stage) -> None:
     """Rename a new data file and the model that reads it into place as one step.
 
-    Signals are held across both renames. Should the model's rename still fail after the data file's, the
-    old data file (kept as a hard link until then) is put back, so the old model never reads new data.
+    A SIGINT/SIGTERM arriving meanwhile, in any thread, takes effect only once both renames are done
+    (``deferred_signals``). Should the model's rename still fail after the data file's, the old data file
+    (kept as a hard link until then) is put back, so the old model never reads new data; once the model is
+    renamed nothing is rolled back, so the new model never reads old data.
     """
-    with signals_held():
+    with deferred_signals():
         backup = _link_backup(data.destination) if data is not None else None
         try:
             if data is not None:
                 data.commit()
             model.commit()
         except BaseException:
-            if backup is not None:
+            if backup is not None and data is not None and data.committed and not model.committed:
                 os.replace(backup, data.destination)
                 backup = None
             raise
@@ -144,7 +87,7 @@ def commit_pair(data: _Stage | None, model: _Stage) -> None:
 def _link_backup(path: Path) -> Path | None:
     if not path.exists():
         return None
-    backup = path.with_name(f".{path.name}.{os.getpid()}.bak")
+    backup = backup_path(path)
     try:
         os.link(path, backup)
     except OSError:
@@ -152,28 +95,47 @@ def _link_backup(path: Path) -> Path | None:
     return backup
 
 
+def _new_stage(destination: Path) -> _Stage:
+    try:
+        fd, temporary = tempfile.mkstemp(prefix=temporary_prefix(destination), suffix=".tmp",
+                                         dir=destination.parent)
+    except OSError as exc:
+        raise _write_error(destination, exc) from None
+    try:
+        return _Stage(destination, Path(temporary), WritebackFile(os.fdopen(fd, "wb")))
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
 @contextmanager
 def staged(destination: Path) -> Iterator[_Stage]:
     """A temporary file beside ``destination``, removed on exit unless committed; OSError -> OutputWriteError."""
-    # Signals are held while the temporary is created and its cleanup armed, so an interrupt can't land
+    # Signals are deferred while the temporary is created and its cleanup armed, so an interrupt can't land
     # between the two and leave a stray file behind.
-    held = _hold_signals()
+    stage = None
     try:
-        try:
-            fd, temporary = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
-        except OSError as exc:
-            raise _write_error(destination, exc) from None
-        stage = _Stage(destination, Path(temporary), WritebackFile(os.fdopen(fd, "wb")))
-    except BaseException:
-        _release_signals(held)
-        raise
-    try:
-        _release_signals(held)
+        with deferred_signals():
+            stage = _new_stage(destination)
         yield stage
     except OSError as exc:
         raise _write_error(destination, exc) from None
     finally:
-        stage.discard()
+        if stage is not None:
+            stage.discard()
+
+
+@contextmanager
+def scratch_folder(prefix: str) -> Iterator[str]:
+    """A temporary folder, removed on exit; a signal landing right as it is created can't leave it behind."""
+    folder = None
+    try:
+        with deferred_signals():
+            folder = tempfile.TemporaryDirectory(prefix=prefix)
+        yield folder.name
+    finally:
+        if folder is not None:
+            folder.cleanup()
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
@@ -184,6 +146,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
     """
     path = Path(path)
     require_folder(path)
+    clear_stale(path)
     with SignalGuard(), staged(path) as stage:
         write(stage.handle)
         stage.commit()

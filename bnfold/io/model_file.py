@@ -25,6 +25,7 @@ from bnfold.io.atomic import (
     SignalGuard,
     SignalTerminated,
     atomic_write,
+    clear_stale,
     commit_pair,
     require_folder,
     staged,
@@ -40,6 +41,7 @@ from bnfold.io.external_data import (
     read_external_data,
 )
 from bnfold.io.external_write import externalize
+from bnfold.io.graph_check import check_graph
 from bnfold.io.lazy_data import DataFolder
 from bnfold.io.stream_write import write_model
 
@@ -90,6 +92,7 @@ def load_model_and_layout(path: str | os.PathLike, *, load_external_data: bool =
     model = _parse(path, _read_model_file(path))
     _check_structure(path, model)
     _check_versions(path, model)
+    check_graph(model, path)
     refs = check_external_data(model, model_folder(path), require_files=load_external_data)
     if load_external_data and refs:
         read_external_data([ref for ref in refs if not (lazy and ref.initializer)])
@@ -119,6 +122,9 @@ def _read_model_file(path: Path) -> bytes:
         raise ModelLoadError(f"{path} is not a regular file")
     if info.st_size == 0:
         raise ModelLoadError(f"not an ONNX model: {path} is empty")
+    if info.st_size >= PROTOBUF_LIMIT:  # refused from its size: reading it whole first would cost as much
+        raise ModelLoadError(f"{path} is {info.st_size / 2**30:.1f} GiB, over protobuf's 2 GiB limit for one "
+                             ".onnx file (a model this big keeps its weights in external data)")
     try:
         return path.read_bytes()
     except OSError as exc:
@@ -281,6 +287,7 @@ def _check_lazy_save(model: onnx.ModelProto, path: Path, external_data: bool | N
 
 def _save_with_external_data(model: onnx.ModelProto, path: Path, source: DataFolder | None) -> None:
     data_path = path.with_name(path.name + ".data")
+    clear_stale(path, data_path)  # leftovers of a killed earlier save
     # Both files are fully written before either is renamed, so a failure while writing leaves the old pair
     # as it was; the two renames happen as one step (commit_pair), so an interrupt can't split them.
     # Payloads still in the source's data files are read while the new data file is written under a

@@ -2,7 +2,8 @@
 
 What it does: creates onnxruntime sessions (providers, optimization level, extra outputs for intermediate
 tensors), lends a model's weights to onnxruntime as numpy arrays instead of serialising them, and builds
-feeds for a model's inputs (.npz files, ``--input-shape`` spellings, seeded random data).
+feeds for a model's inputs (.npz files, ``--input-shape`` spellings, seeded random data of every element type
+and rank, drawn one sample at a time after a memory estimate: ``random_inputs``).
 
 May import: ``bnfold.fold``, ``bnfold.io`` and the shared modules. This is the first stage that imports
 onnxruntime, and it does so only when a session is made.

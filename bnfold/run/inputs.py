@@ -8,14 +8,7 @@ recorded in :class:`InputSpec` so reports can say exactly what was guessed:
   to stay fast. Models that need a particular size (a fixed Reshape, a 48-pixel-high text line)
   must be told with ``input_shapes`` (``--input-shape NAME:DIMS``).
 
-Random data (``random_feeds``), drawn from ``numpy.random.default_rng(seed)`` input by input:
-
-- floats (float16/bfloat16/float32/float64): standard normal, or uniform in ``value_range``,
-  drawn in float64 and cast once to the declared dtype;
-- integers: uniform in {0, 1}. Integer inputs are mostly indices, token ids, lengths or masks;
-  0 and 1 are valid for any indexed axis of size >= 2 and for masks, so Gather/Embedding-like
-  lookups never go out of range;
-- bools: fair coin.
+Random data (``random_feeds``): seeded, drawn one sample at a time; see ``bnfold.run.random_inputs``.
 
 Files (``load_feeds``): arrays are used exactly as given, never reshaped. A dtype that differs from
 the declared one is accepted only when the values survive the cast unchanged (float64 data holding
@@ -35,13 +28,14 @@ from onnx import helper
 from bnfold.errors import InputSpecError, ShapeGuessError, UsageError
 from bnfold.fold.graph import runtime_inputs
 from bnfold.report import ReportMixin
+from bnfold.run.random_inputs import INT_VALUES, Feeds, RandomFeeds, np_dtype
 from bnfold.run.sessions import ModelSource, load_graph
+
+__all__ = ["DEFAULT_BATCH", "DEFAULT_DIM", "INT_VALUES", "Feeds", "InputSpec", "RandomFeeds", "input_specs",
+           "random_feeds", "load_feeds", "make_feeds", "format_declared"]
 
 DEFAULT_BATCH = 1
 DEFAULT_DIM = 64
-INT_VALUES = (0, 2)  # integers are drawn from [0, 2): see the module docstring
-
-Feeds = dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -168,36 +162,13 @@ def random_feeds(
     samples: int = 2,
     seed: int = 0,
     value_range: tuple[float, float] | None = None,
-) -> list[Feeds]:
-    """*samples* seeded random feeds for *specs* (distributions in the module docstring)."""
-    if samples < 1:
-        raise UsageError(f"samples must be >= 1, got {samples}")
-    rng = np.random.default_rng(seed)
-    return [{spec.name: _random_array(rng, spec, value_range) for spec in specs} for _ in range(samples)]
+) -> RandomFeeds:
+    """*samples* seeded random feeds for *specs*, each drawn when used (``bnfold.run.random_inputs``).
 
-
-def _random_array(rng: np.random.Generator, spec: InputSpec, value_range: tuple[float, float] | None) -> np.ndarray:
-    dtype = _np_dtype(spec.dtype)
-    if dtype == np.bool_:
-        return rng.random(spec.shape) < 0.5
-    if np.issubdtype(dtype, np.integer):
-        return rng.integers(*INT_VALUES, size=spec.shape).astype(dtype)
-    if dtype.kind == "f" or dtype.name == "bfloat16":
-        if value_range is None:
-            draw = rng.standard_normal(spec.shape)
-        else:
-            draw = rng.uniform(value_range[0], value_range[1], size=spec.shape)
-        return draw.astype(dtype)
-    raise InputSpecError(f"input {spec.name!r} has dtype {spec.dtype}; bnfold cannot make random data for it "
-                         "(pass --inputs with an .npz file)")
-
-
-def _np_dtype(name: str) -> np.dtype:
-    if name == "bfloat16":
-        import ml_dtypes  # installed with onnx; numpy has no bfloat16 of its own
-
-        return np.dtype(ml_dtypes.bfloat16)
-    return np.dtype(name)
+    Refused up front: samples < 1 (UsageError), a dtype that can't be made up and inputs one sample of which
+    would not fit in memory (InputSpecError).
+    """
+    return RandomFeeds(specs, samples, seed, value_range)
 
 
 def load_feeds(path: str | Path, specs: Sequence[InputSpec]) -> list[Feeds]:
@@ -240,7 +211,7 @@ def _conform(file: Path, spec: InputSpec, array: np.ndarray) -> np.ndarray:
             raise InputSpecError(f"{what} has rank {array.ndim} (shape {array.shape}), "
                                  f"the model declares rank {len(spec.declared)} {format_declared(spec.declared)}")
         _check_fixed_dims(what, spec.declared, array.shape)
-    target = _np_dtype(spec.dtype)
+    target = np_dtype(spec.dtype)
     if array.dtype == target:
         return array
     cast = array.astype(target)
@@ -261,8 +232,9 @@ def make_feeds(
     seed: int = 0,
     value_range: tuple[float, float] | None = None,
     batch: int | None = None,
-) -> tuple[list[Feeds], list[InputSpec]]:
-    """Feeds and the specs that describe them: from *inputs* files, else seeded random data.
+) -> tuple[Sequence[Feeds], list[InputSpec]]:
+    """Feeds and the specs that describe them: from *inputs* files, else seeded random data (a sequence whose
+    samples are drawn one at a time, when used).
 
     With files, the specs carry the first file's shapes and nothing counts as guessed; *samples*,
     *seed* and *value_range* do not apply, and *input_shapes* / *batch* are refused (the arrays

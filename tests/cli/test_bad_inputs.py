@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
 
 import models
 from bnfold.cli.main import cli
@@ -165,6 +166,78 @@ def external_short(folder: Path) -> Path:
     return folder / "m.onnx"
 
 
+def _saved(folder: Path, model: onnx.ModelProto) -> Path:
+    with open(folder / "m.onnx", "wb") as handle:  # as given: onnx.save would not check either, but be plain
+        handle.write(model.SerializeToString())
+    return folder / "m.onnx"
+
+
+def _tiny(nodes: list[onnx.NodeProto], initializers=(), x_shape=(1, 3, 8, 8)) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "invalid", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], list(initializers))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def cycle(folder: Path) -> Path:
+    return _saved(folder, _tiny([helper.make_node("Add", ["x", "c"], ["y"]), helper.make_node("Relu", ["y"], ["c"])]))
+
+
+def dangling_read(folder: Path) -> Path:
+    return _saved(folder, _tiny([helper.make_node("Add", ["x", "ghost"], ["y"])]))
+
+
+def two_producers(folder: Path) -> Path:
+    return _saved(folder, _tiny([helper.make_node("Relu", ["x"], ["y"]), helper.make_node("Sigmoid", ["x"], ["y"])]))
+
+
+def conv_weight_rank(folder: Path) -> Path:
+    weight = numpy_helper.from_array(np.ones((4, 3), np.float32), "w")
+    return _saved(folder, _tiny([helper.make_node("Conv", ["x", "w"], ["y"])], [weight]))
+
+
+def bn_six_inputs(folder: Path) -> Path:
+    model = conv_bn()
+    bn = next(node for node in model.graph.node if node.op_type == "BatchNormalization")
+    bn.input.append(bn.input[1])
+    return _saved(folder, model)
+
+
+def bn_string_parameters(folder: Path) -> Path:
+    model = conv_bn()
+    bn = next(node for node in model.graph.node if node.op_type == "BatchNormalization")
+    scale = next(t for t in model.graph.initializer if t.name == bn.input[1])
+    scale.CopyFrom(helper.make_tensor(scale.name, TensorProto.STRING, [4], [b"a", b"b", b"c", b"d"]))
+    return _saved(folder, model)
+
+
+def _conv_weight(model: onnx.ModelProto) -> TensorProto:
+    conv = next(node for node in model.graph.node if node.op_type == "Conv")
+    return next(t for t in model.graph.initializer if t.name == conv.input[1])
+
+
+def raw_data_short(folder: Path) -> Path:
+    model = conv_bn()
+    weight = _conv_weight(model)
+    weight.raw_data = weight.raw_data[:-4]
+    return _saved(folder, model)
+
+
+def data_type(value: int) -> Callable[[Path], Path]:
+    def build(folder: Path) -> Path:
+        model = conv_bn()
+        _conv_weight(model).data_type = value
+        return _saved(folder, model)
+    return build
+
+
+def dims_2_40(folder: Path) -> Path:
+    model = conv_bn()
+    weight = _conv_weight(model)
+    del weight.dims[:]
+    weight.dims.extend([2**20, 2**20, 1, 1])
+    return _saved(folder, model)
+
+
 CASES: dict[str, tuple[Callable[[Path], Path], str]] = {
     # name: (builder, words the one error line must contain)
     "empty": (empty, "empty"),
@@ -182,7 +255,20 @@ CASES: dict[str, tuple[Callable[[Path], Path], str]] = {
     "external_symlink": (external_symlink, "outside the model's folder"),
     "external_missing": (external_missing, "does not exist"),
     "external_short": (external_short, "too short"),
+    # invalid graphs and malformed tensors (issue 14, items 6 and 8): exit 3 naming the problem, before folding
+    "cycle": (cycle, "cycle"),
+    "dangling_read": (dangling_read, "nothing produces"),
+    "two_producers": (two_producers, "two producers"),
+    "conv_weight_rank": (conv_weight_rank, "rank 2"),
+    "bn_six_inputs": (bn_six_inputs, "input size 6"),
+    "bn_string_parameters": (bn_string_parameters, "STRING"),
+    "raw_data_short": (raw_data_short, "bytes of raw data"),
+    "data_type_0": (data_type(0), "data type 0"),
+    "data_type_999": (data_type(999), "data type 999"),
+    "dims_2_40": (dims_2_40, "dims [1048576, 1048576, 1, 1]"),
 }
+INVALID = ("cycle", "dangling_read", "two_producers", "conv_weight_rank", "bn_six_inputs", "bn_string_parameters",
+           "raw_data_short", "data_type_0", "data_type_999", "dims_2_40")
 CLICK_PATH_CHECKS = {"missing", "directory"}  # a command may let click refuse these as usage errors (exit 2)
 # `verify` reads models through bnfold.run.sessions, not bnfold.io.load_model: onnxruntime's own checks refuse most
 # cases (with its own words), so for verify only the exit code, the single line and "nothing written" are held.
@@ -238,3 +324,27 @@ def test_the_external_data_cases_are_valid_models_once_made_safe(tmp_path: Path)
     model = load_model(tmp_path / "m.onnx")
     assert model.graph.initializer[0].HasField("raw_data")
     onnx.checker.check_model(model)
+
+
+@pytest.mark.parametrize("argv", [["optimize", "--no-verify"], ["optimize", "--check"], ["check"]])
+@pytest.mark.parametrize("case", INVALID)
+def test_invalid_graph_refused_by_every_mode(case: str, argv: list[str], tmp_path: Path):
+    """The modes that never run onnxruntime refuse invalid graphs too (issue 14: they used to write them, exit 0)."""
+    folder = tmp_path / "case"
+    folder.mkdir()
+    build, words = CASES[case]
+    model = build(folder)
+    before = snapshot(tmp_path)
+    result = CliRunner().invoke(cli, [*argv, str(model)])
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert result.exit_code == 3 and len(errors) == 1, result.output
+    assert words.lower() in errors[0].lower() and "internal error" not in errors[0], errors[0]
+    assert snapshot(tmp_path) == before
+
+
+def test_the_invalid_graph_cases_differ_from_a_valid_model_only_in_their_flaw(tmp_path: Path):
+    """Guards the cases above: the models they start from pass the graph check and run."""
+    from bnfold.io.graph_check import check_graph
+
+    check_graph(conv_bn())
+    check_graph(_tiny([helper.make_node("Relu", ["x"], ["y"])]))

@@ -182,3 +182,24 @@ def test_interrupt_between_the_two_renames_of_an_in_place_external_save(tmp_path
     result = CliRunner().invoke(cli, ["optimize", str(source), "--in-place", "--no-verify", "-q"])
     assert result.exit_code == 130 and len(calls) >= 2, result.output
     assert {p.name: digest(p) for p in tmp_path.iterdir()} == before
+
+
+def test_sigkill_leftovers_are_cleared_by_the_next_run(large_model, tmp_path):
+    """SIGKILL can't be caught: its staged file stays. The next save to that target removes it (it is of bnfold's
+    naming and its process is gone), and leaves alone a temporary of a process still alive."""
+    source, _, folded_digest = large_model
+    target = tmp_path / "out.onnx"
+    process = subprocess.Popen([sys.executable, "-m", "bnfold", "optimize", str(source), "-o", str(target),
+                                "--no-verify", "-q"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while process.poll() is None and not stray_temporaries(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.0005)
+    process.kill()
+    process.communicate(timeout=60)
+    if process.returncode != -signal.SIGKILL or not stray_temporaries(tmp_path):
+        pytest.skip("the run finished before it could be killed mid-write")
+    alive = tmp_path / f".out.onnx.{os.getppid()}.keepme.tmp"  # the parent of pytest: alive, not ours to remove
+    alive.write_bytes(b"x")
+    result = CliRunner().invoke(cli, ["optimize", str(source), "-o", str(target), "--no-verify", "-q"])
+    assert result.exit_code == 0, result.output
+    assert stray_temporaries(tmp_path) == [alive.name] and digest(target) == folded_digest

@@ -148,3 +148,57 @@ def test_files_and_shapes_are_exclusive(tmp_path):
         make_feeds(model, inputs=tmp_path / "a.npz", input_shapes={"x": (1, 2)})
     feeds, used = make_feeds(model, samples=3, seed=1)
     assert len(feeds) == 3 and used[0].shape == (1, 2)
+
+
+# ---------------------------------------------------------------- issue 14: every dtype and rank, lazily, bounded
+
+DRAWN_TYPES = [name for name in TensorProto.DataType.keys() if name not in ("UNDEFINED", "STRING")]
+
+
+@pytest.mark.parametrize("rank_shape", [(), (3,), (2, 1, 4)], ids=["0-d", "1-d", "3-d"])
+@pytest.mark.parametrize("type_name", DRAWN_TYPES)
+def test_random_inputs_of_every_onnx_type_and_rank_are_arrays_of_that_dtype_and_shape(type_name, rank_shape):
+    elem = getattr(TensorProto, type_name)
+    (spec,) = input_specs(model_with_inputs(info("v", list(rank_shape), elem)))
+    (feed,) = random_feeds([spec], samples=1, seed=3)
+    value = feed["v"]
+    assert type(value) is np.ndarray, type(value)  # a numpy scalar (numpy.bool) is what onnxruntime refused
+    assert value.shape == rank_shape
+    assert value.dtype == np.dtype(helper.tensor_dtype_to_np_dtype(elem))
+    if value.dtype.kind in "fc":
+        assert np.isfinite(value).all()
+
+
+RUNNABLE = ["FLOAT", "DOUBLE", "FLOAT16", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64",
+            "BOOL"]
+
+
+@pytest.mark.parametrize("type_name", RUNNABLE)
+def test_random_scalar_inputs_run_in_onnxruntime(type_name):
+    import onnxruntime as ort
+
+    elem = getattr(TensorProto, type_name)
+    model = model_with_inputs(info("v", [], elem))
+    feeds, specs = make_feeds(model, samples=2, seed=1)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for feed in feeds:
+        (echo,) = session.run(None, feed)
+        assert echo.shape == () and echo.dtype == feed["v"].dtype and echo == feed["v"]
+
+
+def test_random_feeds_are_drawn_one_sample_at_a_time_and_reproducibly():
+    specs = [InputSpec("x", "float32", (4, 5), (4, 5)), InputSpec("c", "bool", (), ())]
+    eager = [dict(feed) for feed in random_feeds(specs, samples=5, seed=11)]
+    lazy = random_feeds(specs, samples=100_000, seed=11)
+    assert len(lazy) == 100_000
+    assert lazy._states == {}  # nothing drawn before it is used
+    assert all(np.array_equal(lazy[i]["x"], eager[i]["x"]) for i in (3, 0, 4))  # indexing redraws sample i
+    assert [np.array_equal(a["x"], b["x"]) for a, b in zip(lazy, eager, strict=False)] == [True] * 5
+    few = random_feeds(specs, samples=6, seed=11)
+    assert np.array_equal(few[-1]["x"], few[5]["x"]) and np.array_equal(few[4]["x"], eager[4]["x"])
+
+
+def test_inputs_too_large_for_memory_are_refused_before_allocating():
+    huge = InputSpec("x", "float32", (1, 3, 2**20, 2**20), ("N", 3, "H", "W"))
+    with pytest.raises(InputSpecError, match=r"inputs too large: one sample needs about .* GiB of memory .*'x'"):
+        random_feeds([huge], samples=1)
