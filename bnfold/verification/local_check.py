@@ -30,6 +30,7 @@ from bnfold.verification.local_sites import (
     reduction_length,
     spread_name,
     twin_nodes,
+    window_twin,
 )
 from bnfold.verification.ref_path import ReferenceWeights, carried, constant_terms, intermediates, reference_path
 
@@ -101,6 +102,22 @@ class LocalCheck:
             inputs = local.get(magnitude_name(site.output))
             self.worst[site.output].add(judge(reference, candidate, spread, bias, arithmetic, internal, inputs))
 
+    def _twin(self, site: Site, values: Mapping[str, np.ndarray], extra: dict[str, np.ndarray]) -> list:
+        """The spread's nodes: the window bound for float32 Conv (cheap), else the exact twin."""
+        linear = site.linear
+        data = values.get(linear.input[0]) if linear is not None else None
+        weight_name = linear.input[1] if linear is not None and len(linear.input) > 1 else ""
+        tensor = next((t for t in self.candidate.graph.initializer if t.name == weight_name), None) \
+            if weight_name in site.weights else None
+        if data is not None and np.asarray(data).dtype == np.float32 and tensor is not None:
+            weight = numpy_helper.to_array(tensor, self.folder or "")
+            self._arrays[weight_name] = weight
+            nodes, inits = window_twin(site, weight)
+            if nodes:
+                extra.update(inits)
+                return nodes
+        return twin_nodes(site)
+
     def _internal(self, output: str, values: Mapping[str, np.ndarray], reference: np.ndarray) -> np.ndarray | None:
         """The reference's intermediate magnitudes carried to *output*, broadcastable against it."""
         path = self.paths.get(output)
@@ -135,9 +152,11 @@ class LocalCheck:
     def _build(self, values: Mapping[str, np.ndarray]) -> LocalSession:
         lifted = LocalNodes()
         outputs: list[str] = []
+        extra: dict[str, np.ndarray] = {}  # initializers the twins add
+        self._arrays = {}
         for site in self.sites:
             lift(site, lifted)
-            lifted.extend(twin_nodes(site))
+            lifted.extend(self._twin(site, values, extra))
             outputs.append(local_name(site.output))
             if site.linear is not None:
                 outputs.append(spread_name(site.output))
@@ -155,8 +174,11 @@ class LocalCheck:
                 inits.setdefault(name, named)
         self._shapes = {name: tuple(t.dims) for name, t in inits.items()}
         small = {n for n, t in inits.items() if _nbytes(t) < LEND_MIN_BYTES and not _external(t)}
-        self._arrays = {n: numpy_helper.to_array(t, self.folder or "") for n, t in inits.items()}
+        self._arrays.update({n: numpy_helper.to_array(t, self.folder or "") for n, t in inits.items()
+                             if n not in self._arrays})
         lent = {n: a for n, a in self._arrays.items() if n not in small and a.dtype.kind == "f"}
+        lent.update(extra)
+        lifted.weights.update(extra)
         return LocalSession(lifted, outputs, inits, lent, values, self.candidate.opset_import, self.provider)
 
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import onnx
 
+from bnfold.run.lending import DetachedModel, attach
 from bnfold.run.sessions import create_session
 from bnfold.verification.compare import WorstCase, compare_arrays, scale_of
 from bnfold.verification.output_tolerance import with_floor
@@ -24,6 +26,9 @@ def rejudge_with_floor(trackers: dict[str, WorstCase], outputs: Sequence[str], f
                and trackers[n].tolerance.atol > 0]
     if not failing or not feeds:
         return
+    if isinstance(reference, (onnx.ModelProto, DetachedModel)):  # optimisations read lent weights from the
+        whole = attach(reference) if isinstance(reference, DetachedModel) else reference  # placeholder file:
+        reference = whole.SerializeToString()  # this (failure-only) path serialises the reference once
     try:
         optimised = create_session(reference, provider=provider, opt_level="all", graph=ref_model)
     except Exception:  # noqa: BLE001 - no second evaluation, no floor: the dtype/depth tolerance stands
