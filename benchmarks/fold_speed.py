@@ -126,6 +126,19 @@ def _ort_inference(source: Path, rounds: int) -> tuple[float, float]:
     return m.median(creations), m.median(runs)
 
 
+def _per_layer_cost(source: Path, candidate: Path, rounds: int) -> tuple[float, float]:
+    """(median plain verify, median verify --per-layer) of the ResNet-50 against bnfold's fold of it."""
+    from bnfold.verification.verifier import verify
+
+    plain, layered = [], []
+    for _ in range(rounds):
+        for per_layer, bucket in ((False, plain), (True, layered)):
+            started = time.perf_counter()
+            verify(str(source), str(candidate), per_layer=per_layer)
+            bucket.append(time.perf_counter() - started)
+    return m.median(plain), m.median(layered)
+
+
 def _breakdown(source: Path, folder: Path) -> str:
     columns = []
     for verify in (False, True):
@@ -167,8 +180,11 @@ def _measure_all(args: argparse.Namespace, folder: Path) -> dict:
     facts = {key: (_bn_left(folder / f"{key}.onnx"), (folder / f"{key}.onnx").stat().st_size) for key in keys}
     m.log("onnxruntime session creation and inference ...")
     ort = _ort_inference(source, args.rounds)
+    m.log("verify vs verify --per-layer ...")
+    per_layer = _per_layer_cost(source, folder / "bnfold.onnx", args.rounds) if "bnfold" in keys else None
     breakdown = "" if args.no_profile else _breakdown(source, folder)
     return dict(skipped=skipped, times=times, fresh=fresh, facts=facts, ort=ort, breakdown=breakdown,
+                per_layer=per_layer,
                 source_size=source.stat().st_size, rounds=args.rounds, fresh_rounds=args.fresh_rounds)
 
 

@@ -31,8 +31,6 @@ from bnfold.provenance import add_provenance, strip_provenance
 from bnfold.report import SCHEMA_VERSION, ReportMixin
 from bnfold.run.lending import detach
 
-MAX_REVERTS = 16
-
 
 @dataclass(frozen=True)
 class RevertedFold:
@@ -42,6 +40,8 @@ class RevertedFold:
     output: str
     error_vs_magnitude: float
     max_abs_error: float
+    error_vs_tolerance: float | None = None  # local check: worst error / that layer's tolerance
+    checked_by: str = "local"  # "local" | "outputs"
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,7 @@ class FoldReport(ReportMixin):
 
     cleaned: bool = False
     removed_inputs: tuple[str, ...] = ()  # initializer-backed graph inputs taken out (freeze_initializers)
+    checks: tuple = ()  # bnfold.verification.fold_checks.FoldCheck per applied fold: how, and with what result
 
     @property
     def changed(self) -> bool:
@@ -161,8 +162,9 @@ def optimize(model_or_path: onnx.ModelProto | str | os.PathLike, *, rules: Seque
     """Fold every BatchNormalization (and affine chain) that folds exactly; verify; report.
 
     A ModelProto argument is never modified (a copy is folded). With ``verify`` (default) the result is
-    checked in onnxruntime against the original, including the output tensor of every fold; a fold whose
-    tensor diverges is reverted (``revert``) and the rest re-checked. If outputs still differ,
+    checked in onnxruntime against the original: every fold on the reference's own input to it (tolerance
+    from that layer's arithmetic), and the outputs end to end; the folds that fail are reverted in one pass
+    (``revert``) and the rest re-checked once (``report.checks`` says how each fold was checked). If it still fails,
     VerificationFailed is raised unless ``force``. If onnxruntime rejects the default input shapes, the
     result is returned marked "not_verified" (or VerificationFailed with ``strict``). ``freeze_initializers``:
     take initializers out of the graph inputs (IR >= 4: overridable, so refused otherwise) and fold them.
@@ -180,17 +182,18 @@ def optimize(model_or_path: onnx.ModelProto | str | os.PathLike, *, rules: Seque
                  atol=atol, rtol=rtol, provider=provider)
     refold = functools.partial(_refold, model_or_path, enabled, disabled, metadata, freeze_initializers)
     reverted: tuple[RevertedFold, ...] = ()
+    checks: tuple = ()
     verification, summary = None, VerificationSummary("skipped", "verification disabled")
     if verify and not outcome.applied:
         summary = VerificationSummary("unchanged", "nothing was folded")
     elif verify:
-        model, outcome, verification, summary, reverted = _verify_and_revert(
+        model, outcome, verification, summary, reverted, checks = _verify_and_revert(
             model, outcome, refold, reference, check, revert, data)
     report = FoldReport(rules=tuple(r.name for r in enabled), applied=tuple(outcome.applied),
                         refused=tuple(outcome.refused), reverted=reverted, tensor_map=outcome.tensor_map,
                         before=before, after=model_stats(model), passes=outcome.passes,
                         fold_seconds=round(fold_seconds, 6), verification=summary, cleaned=outcome.cleaned,
-                        removed_inputs=tuple(outcome.removed_inputs))
+                        removed_inputs=tuple(outcome.removed_inputs), checks=checks)
     if metadata and report.changed:
         add_provenance(model, report)
     result = OptimizeResult(model=model, report=report, verification=verification, source_external_data=external,
@@ -245,69 +248,55 @@ def _candidate(model: onnx.ModelProto, scratch: Callable[[], str], data: DataFol
 
 
 class _Checked(NamedTuple):
-    """What verification leaves: the model and fold outcome kept (after any reverts), the verify report
-    (None when the model could not be run), the summary, and the folds reverted on the way."""
+    """The model and fold outcome kept, the verify report (None: not run), summary, reverts, fold checks."""
 
     model: onnx.ModelProto
     outcome: FoldOutcome
     report: Any
     summary: VerificationSummary
     reverted: tuple[RevertedFold, ...]
+    checks: tuple[Any, ...] = ()  # bnfold.verification.fold_checks.FoldCheck, one per applied fold
 
 
 def _verify_and_revert(model, outcome: FoldOutcome, refold, reference: Reference, check: dict, revert: bool,
                        data: DataFolder | None) -> _Checked:
-    """Verify; while a fold's own tensor diverges, re-fold without it (most upstream first)."""
-    from bnfold.verification.verifier import verify as run_verify
-
-    reverted: list[RevertedFold] = []
-    exclude: set[str] = set()
+    """Verify every fold on its own input and the outputs end to end; revert the failing folds in ONE pass
+    (re-fold once without all of them, check once more)."""
     with contextlib.ExitStack() as stack:
         scratch = functools.cache(lambda: stack.enter_context(scratch_folder("bnfold-verify-")))
-        while True:
-            try:
-                report = run_verify(reference.source, _candidate(model, scratch, data),
-                                    check_tensors=_checkable(model, outcome.applied),
-                                    structures=(reference.structure, model), **check)
-            except ShapeGuessError as exc:  # our guessed shapes; a user's bad --input-shape still raises
-                summary = VerificationSummary("not_verified", str(exc))
-                return _Checked(model, outcome, None, summary, tuple(reverted))
-            bad = None if report.passed else _first_failing_fold(outcome.applied, report)
-            if bad is None or not revert or len(exclude) >= MAX_REVERTS:
-                summary = (VerificationSummary("passed", "", report.to_dict()) if report.passed
-                           else VerificationSummary("failed", report.summary(), report.to_dict()))
-                return _Checked(model, outcome, report, summary, tuple(reverted))
-            fold, tensor = bad
-            reverted.append(RevertedFold(rule=fold.rule, graph=fold.graph, node=fold.node, output=fold.output,
-                                         error_vs_magnitude=float(tensor.error_vs_magnitude),
-                                         max_abs_error=float(tensor.max_abs_error)))
-            exclude.add(fold.key)
-            model, outcome = refold(frozenset(exclude))
+        from bnfold.verification.fold_checks import folds_to_revert
+
+        try:
+            report, checks = _check(model, outcome, reference, check, data, scratch)
+            failing = folds_to_revert(report, checks)
+            if not failing or not revert:
+                return _checked(model, outcome, report, checks, ())
+            reverted = tuple(_reverted(c) for c in checks if c.key in failing)
+            model, outcome = refold(frozenset(failing))
+            report, checks = _check(model, outcome, reference, check, data, scratch)
+        except ShapeGuessError as exc:  # our guessed shapes; a user's bad --input-shape still raises
+            return _Checked(model, outcome, None, VerificationSummary("not_verified", str(exc)), ())
+        return _checked(model, outcome, report, checks, reverted)
 
 
-def _checkable(model: onnx.ModelProto, applied: Sequence[AppliedFold]) -> list[str]:
-    """Fold outputs still present in the main graph (a later fold in a chain may have absorbed one)."""
-    produced = {out for node in model.graph.node for out in node.output}
-    return [a.output for a in applied if a.graph == "main" and a.output in produced]
+def _check(model, outcome: FoldOutcome, reference: Reference, check: dict, data: DataFolder | None, scratch):
+    from bnfold.verification.fold_checks import verify_folds
+
+    return verify_folds(reference, _candidate(model, scratch, data), model, outcome.applied, check,
+                        str(data.folder) if data is not None else None)
 
 
-def _first_failing_fold(applied: Sequence[AppliedFold], report) -> tuple[AppliedFold, Any] | None:
-    """The fold to revert: the most upstream one whose own tensor fails; if only graph outputs fail (an
-    error that grows downstream, e.g. through a high-gain layer), the one closest to its tolerance."""
-    # a fold's output may itself be a graph output, compared under report.outputs
-    compared = {t.name: t for t in (*report.outputs, *report.tensors)}
-    for fold in applied:  # applied is in graph order, so the first hit is the most upstream
-        tensor = compared.get(fold.output)
-        if tensor is not None and not tensor.passed:
-            return fold, tensor
-    ratios = [(_closeness(compared[f.output]), i) for i, f in enumerate(applied) if f.output in compared]
-    ratios = [(r, i) for r, i in ratios if math.isfinite(r)]
-    if not ratios or all(o.passed for o in report.outputs):
-        return None
-    _, index = max(ratios)
-    return applied[index], compared[applied[index].output]
+def _checked(model, outcome, report, checks, reverted) -> _Checked:
+    from bnfold.verification.fold_checks import failure_message
+
+    message = failure_message(report, checks)
+    summary = VerificationSummary("failed" if message else "passed", message or "", report.to_dict())
+    return _Checked(model, outcome, report, summary, tuple(reverted), tuple(checks))
 
 
-def _closeness(tensor) -> float:
-    """How close a passing tensor came to failing: its scaled error over its tolerance."""
-    return tensor.max_scaled_error / tensor.atol if tensor.atol > 0 else math.inf
+def _reverted(c) -> RevertedFold:
+    nan = math.nan
+    return RevertedFold(rule=c.rule, graph=c.graph, node=c.node, output=c.output, checked_by=c.checked_by,
+                        error_vs_magnitude=nan if c.error_vs_magnitude is None else c.error_vs_magnitude,
+                        max_abs_error=nan if c.max_abs_error is None else c.max_abs_error,
+                        error_vs_tolerance=c.error_vs_tolerance)

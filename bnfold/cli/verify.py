@@ -1,6 +1,7 @@
 """``bnfold verify REFERENCE CANDIDATE``: run both in onnxruntime on the same inputs and compare.
 
-Exit codes: 0 the candidate matches; 1 it does not; 2 usage; 3 a model or its inputs are unusable;
+Exit codes: 0 the candidate matches; 1 it does not (or nothing was comparable: 0 elements, no finite value);
+2 usage; 3 a model or its inputs are unusable (NaN/inf inputs included);
 4 the JSON report cannot be written. The JSON report is written before the verdict, failures included.
 """
 
@@ -33,11 +34,13 @@ Examples:
 @click.argument("reference", type=click.Path(path_type=Path))
 @click.argument("candidate", type=click.Path(path_type=Path))
 @click.option("--atol", type=click.FloatRange(min=0), default=None,
-              help="Tolerance relative to max(1, magnitude of the element's channel) [float32: 1e-4].")
+              help="Output tolerance relative to max(1, magnitude of the element's channel); overrides the one "
+                   "from the compute dtype, depth and measured noise [float32: 1e-4].")
 @click.option("--rtol", type=click.FloatRange(min=0), default=None,
               help="Tolerance relative to each reference element [float32: 1e-5].")
 @click.option("--per-layer", is_flag=True,
-              help="Also compare every intermediate float tensor both models share; name the first that diverges.")
+              help="Also compare every intermediate float tensor both models share, each node recomputed on the "
+                   "reference's inputs: FAIL where a divergence starts, drift where error only accumulates.")
 @click.option("--check-tensor", "check_tensors", multiple=True, metavar="NAME",
               help="Also compare this intermediate tensor; it counts for the verdict (repeatable).")
 @click.option("--provider", type=click.Choice(PROVIDER_NAMES), default="cpu", show_default=True)
@@ -131,11 +134,13 @@ def _tol(value) -> str:
 
 def _tensor_rows(report) -> list[str]:
     tensors = report.tensors
-    failing = [t for t in tensors if not t.passed]
+    failing = [t for t in tensors if t.verdict == "fail"] + [t for t in tensors if not t.passed and t.verdict != "fail"]
     if len(tensors) <= MAX_TENSOR_ROWS:
         return _table("tensor", tensors)
     shown = failing[:MAX_TENSOR_ROWS]
     lines = [f"{len(tensors)} intermediate tensors compared, {len(failing)} beyond tolerance"
+             + (f" ({sum(t.verdict == 'fail' for t in tensors)} diverging where computed)"
+                if any(t.verdict for t in tensors) else "")
              + (f"; the first {len(shown)}:" if shown else "")]
     return lines + (_table("tensor", shown) if shown else [])
 
@@ -155,8 +160,15 @@ def _table(kind: str, comparisons) -> list[str]:
         top1 = "-" if c.top1_agreement is None else f"{c.top1_agreement:.0%}"
         rows.append(f"{name:<{width}}  {c.dtype:<8} {_dims(c.shape):<14} {_num(c.max_abs_error):>9} "
                     f"{_num(c.max_rel_error):>9} {c.cosine:>12.9f} {f'{c.mismatched}/{c.compared}':>15} "
-                    f"{top1:>6}  {'ok' if c.passed else 'FAIL'}")
+                    f"{top1:>6}  {_result(c)}")
     return rows
+
+
+def _result(c) -> str:
+    """ok / FAIL, or with --per-layer the verdict: drift is error carried from upstream, not a failure."""
+    if c.verdict is None:
+        return "ok" if c.passed else "FAIL"
+    return {"pass": "ok", "drift": "drift", "fail": "FAIL"}[c.verdict]
 
 
 def _num(value: float) -> str:

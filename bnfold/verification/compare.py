@@ -60,6 +60,9 @@ class TensorComparison(ReportMixin):
     atol: float = 0.0
     rtol: float = 0.0
     note: str | None = None  # why it failed without numbers (missing, shape differs, not run)
+    verdict: str | None = None  # per-layer: "pass" | "drift" (only upstream error) | "fail" (diverges here)
+    tolerance: str = ""  # what it was judged by (end to end: dtype, depth, floor; local: the layer's arithmetic)
+    local_error_vs_tolerance: float | None = None  # per-layer: worst local error / local tolerance
 
     @classmethod
     def failed(cls, name: str, note: str, *, dtype: str = "", shape: tuple[int, ...] = ()) -> TensorComparison:
@@ -218,6 +221,7 @@ class WorstCase:
         self.name, self.dtype, self.shape, self.tolerance = name, dtype, shape, tolerance
         self.samples: dict[int, _Sample] = {}
         self.note: str | None = None
+        self.basis = ""  # what the tolerance was derived from, for the report
 
     def add(self, index: int, sample: _Sample) -> None:
         self.samples[index] = sample
@@ -263,6 +267,7 @@ class WorstCase:
             max_scaled_error=max(scaled),
             atol=self.tolerance.atol,
             rtol=self.tolerance.rtol,
+            tolerance=self.basis,
         )
 
 

@@ -210,7 +210,7 @@ def test_verified_optimize_passes_reverting_only_fp16_folds(model: onnx.ModelPro
     An fp16 fold may be reverted: stored in fp16, a fold can be much less accurate than the unfolded model
     (see the module docstring), and verification is right to refuse that. VerificationFailed on fp16 is let
     pass where the folds meet both fp16 criteria: the known issue pinned by
-    test_fold_whose_error_grows_only_downstream_is_reverted_not_raised (no fold to blame, so no revert).
+    test_fold_whose_error_grows_only_downstream_passes_within_the_models_own_noise_floor.
     """
     if is_fp16(model) and overflows_fp16_on_verification_inputs(model):
         record("fp16 reference overflows on the verification inputs: not verified")
@@ -273,13 +273,16 @@ def test_fp16_gemm_bn_fold_is_not_reverted_for_rounding_noise_in_a_small_sample(
     assert optimize(model).report.reverted == ()
 
 
-def test_fold_whose_error_grows_only_downstream_is_reverted_not_raised() -> None:
+def test_fold_whose_error_grows_only_downstream_passes_within_the_models_own_noise_floor() -> None:
     """fp16 Conv -> BN1 -> Relu -> BN2. BN1 lifts activations to 8 +- 0.1 and BN2 (not foldable: Relu in
     between) removes the offset again. Folded, the Conv's output carries the offset and is rounded in fp16
     at magnitude 8; BN2's gain of 10 turns that into 0.03 at its output (1 % of it), where the unfolded model
     is off by 0.001. Verification rightly fails the output, but the fold's own tensor passes (0.004 at 8), so
     the optimizer finds no fold to blame and raises VerificationFailed instead of reverting conv_bn.
-    Found by the fuzzer as fp16 Conv -> BN -> GlobalAveragePool -> Gemm -> BN (cancellation, then gain)."""
+    Found by the fuzzer as fp16 Conv -> BN -> GlobalAveragePool -> Gemm -> BN (cancellation, then gain).
+    Issue 11 changed the verdict on purpose: onnxruntime's own fusion of the same model (graph optimisations
+    on) is off by as much (noise floor 0.014 vs bnfold's 0.012), so the fold is kept; the output's tolerance
+    comes from that measured floor, and the fold passes its own local check."""
     b = GraphBuilder(seed=0, dtype=np.float16)
     y = b.conv(b.input("x", [1, 4, 8, 8]), 4, name="conv")
     ones = np.ones(4, dtype=np.float16)
@@ -287,7 +290,10 @@ def test_fold_whose_error_grows_only_downstream_is_reverted_not_raised() -> None
     b.output(b.bn(y, 4, params=[ones, 0 * ones, 8 * ones, 0.01 * ones], name="bn2"), shape=[1, 4, 8, 8])
     result = optimize(b.build())
     assert result.report.verification.status == "passed"
-    assert [f.rule for f in result.report.reverted] == ["conv_bn"]
+    assert result.report.reverted == ()
+    assert [(c.checked_by, c.passed) for c in result.report.checks] == [("local", True)]
+    (output,) = result.report.verification.details["outputs"]
+    assert "noise floor" in output["tolerance"] and output["max_scaled_error"] > 0.01  # beyond the float16 table
 
 
 def test_a_later_fold_never_reads_a_stale_float64_value() -> None:

@@ -1,0 +1,190 @@
+"""Recompute sites of the candidate on the reference's values and judge each against the reference's own
+value of the same tensor, with the tolerance of that layer's arithmetic (:mod:`bnfold.verification.bound`).
+
+Used twice: by ``optimize`` for every applied fold (a fold is judged by its own error only, whatever its
+depth: upstream rounding never reaches it, because its input is the reference's), and by
+``verify --per-layer`` for every compared tensor (a node whose recomputation disagrees is where a divergence
+starts; error that only accumulates from upstream is drift). The reference runs once per sample; its values
+are handed to :meth:`LocalCheck.observe` and dropped after it, so one model's worth of tensors is alive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from bnfold.run.lending import LEND_MIN_BYTES
+from bnfold.run.local_eval import LocalNodes, LocalSession, local_name
+from bnfold.verification.bound import Arithmetic, LocalJudgement, channel_max, judge
+from bnfold.verification.local_sites import (
+    Site,
+    bias_of,
+    constant_tensors,
+    lift,
+    magnitude_name,
+    magnitude_twin,
+    reduction_length,
+    spread_name,
+    twin_nodes,
+    window_twin,
+)
+from bnfold.verification.ref_path import ReferenceWeights, carried, constant_terms, intermediates, reference_path
+
+
+@dataclass
+class _Worst:
+    judgement: LocalJudgement | None = None
+    failed_to_run: str | None = None
+
+    def add(self, j: LocalJudgement) -> None:
+        prev = self.judgement
+        if prev is None:
+            self.judgement = j
+            return
+        worse = j if j.worst_ratio > prev.worst_ratio else prev
+        self.judgement = replace(worse, passed=prev.passed and j.passed, compared=prev.compared + j.compared,
+                                 magnitude=max(prev.magnitude, j.magnitude),
+                                 nonfinite_mismatch=prev.nonfinite_mismatch + j.nonfinite_mismatch)
+
+
+class LocalCheck:
+    """Judges *sites* of *candidate* on every reference sample given to :meth:`observe`."""
+
+    def __init__(self, sites: Sequence[Site], candidate: onnx.ModelProto, provider: str = "cpu",
+                 external_folder: str | None = None, reference: tuple[onnx.GraphProto, ReferenceWeights] | None = None
+                 ) -> None:
+        self.sites = list(sites)
+        self.paths: dict[str, list[onnx.NodeProto]] = {}
+        if reference is not None:
+            graph, self.ref_weights = reference
+            producer = {o: n for n in graph.node for o in n.output if o}
+            inits = {t.name for t in graph.initializer} | set(constant_tensors(graph))
+            self.paths = {s.output: reference_path(producer, s.output, s.fed, inits) for s in self.sites}
+        self.candidate, self.provider, self.folder = candidate, provider, external_folder
+        self.worst: dict[str, _Worst] = {s.output: _Worst() for s in self.sites}
+        self._session: LocalSession | None = None
+        self._arrays: dict[str, np.ndarray] = {}
+
+    @property
+    def capture(self) -> list[str]:
+        """Reference tensors to capture: the sites' inputs and their outputs."""
+        names = {n for s in self.sites for n in s.fed} | {s.output for s in self.sites}
+        names |= {t for s in self.sites for t in intermediates(self.paths.get(s.output, []), s.output)}
+        return sorted(names)
+
+    def observe(self, values: Mapping[str, np.ndarray]) -> None:
+        """Judge every site on one sample's reference *values* (which include graph inputs)."""
+        if not self.sites:
+            return
+        try:
+            if self._session is None:
+                self._session = self._build(values)
+            local = self._session.run(values)
+        except Exception as exc:  # onnxruntime's pybind11 errors, or a model it refuses (ModelLoadError)
+            message = " ".join(str(exc).split())[:300]
+            for w in self.worst.values():
+                w.failed_to_run = w.failed_to_run or message
+            return
+        for site in self.sites:
+            reference = values[site.output]
+            candidate = local[local_name(site.output)]
+            if reference.shape != candidate.shape or reference.dtype.kind != "f":
+                self.worst[site.output].failed_to_run = "shape or dtype differs from the reference"
+                continue
+            spread = local.get(spread_name(site.output))
+            arithmetic = Arithmetic(reference.dtype.name, reduction_length(site, self._shapes))
+            bias = bias_of(site, self._arrays, reference.ndim)
+            internal = self._internal(site.output, values, reference)
+            inputs = local.get(magnitude_name(site.output))
+            self.worst[site.output].add(judge(reference, candidate, spread, bias, arithmetic, internal, inputs))
+
+    def _twin(self, site: Site, values: Mapping[str, np.ndarray], extra: dict[str, np.ndarray]) -> list:
+        """The spread's nodes: the window bound for float32 Conv (cheap), else the exact twin."""
+        linear = site.linear
+        data = values.get(linear.input[0]) if linear is not None else None
+        weight_name = linear.input[1] if linear is not None and len(linear.input) > 1 else ""
+        tensor = next((t for t in self.candidate.graph.initializer if t.name == weight_name), None) \
+            if weight_name in site.weights else None
+        if data is not None and np.asarray(data).dtype == np.float32 and tensor is not None:
+            weight = numpy_helper.to_array(tensor, self.folder or "")
+            self._arrays[weight_name] = weight
+            nodes, inits = window_twin(site, weight)
+            if nodes:
+                extra.update(inits)
+                return nodes
+        return twin_nodes(site)
+
+    def _internal(self, output: str, values: Mapping[str, np.ndarray], reference: np.ndarray) -> np.ndarray | None:
+        """The reference's intermediate magnitudes carried to *output*, broadcastable against it."""
+        path = self.paths.get(output)
+        if not path:
+            return None
+        total: np.ndarray | None = None
+        terms = constant_terms(path, output, self.ref_weights)
+        for name in intermediates(path, output):
+            value = values.get(name)
+            if value is None or value.dtype.kind != "f" or value.size == 0:
+                continue
+            magnitude = np.abs(np.where(np.isfinite(value), value, 0.0))
+            per_channel = channel_max(magnitude).ravel() if magnitude.ndim >= 2 else magnitude.max(keepdims=True)
+            terms.append(carried(path, name, per_channel, output, self.ref_weights))
+        for term in terms:
+            total = term if total is None else (total + term if total.size == term.size or term.size == 1
+                                                 or total.size == 1 else np.maximum(total.max(), term.max()))
+        if total is None:
+            return None
+        channels = reference.shape[1] if reference.ndim >= 2 else 1
+        if total.size == channels and reference.ndim >= 2:
+            return total.reshape((1, channels) + (1,) * (reference.ndim - 2))
+        return np.asarray(total.max())
+
+    def verdicts(self) -> dict[str, LocalJudgement | str]:
+        """For each site's output: its worst judgement, or why it could not be judged."""
+        out: dict[str, LocalJudgement | str] = {}
+        for name, w in self.worst.items():
+            out[name] = w.failed_to_run if w.failed_to_run else (w.judgement or "not run")
+        return out
+
+    def _build(self, values: Mapping[str, np.ndarray]) -> LocalSession:
+        lifted = LocalNodes()
+        outputs: list[str] = []
+        extra: dict[str, np.ndarray] = {}  # initializers the twins add
+        self._arrays = {}
+        for site in self.sites:
+            lift(site, lifted)
+            lifted.extend(self._twin(site, values, extra))
+            outputs.append(local_name(site.output))
+            if site.linear is not None:
+                outputs.append(spread_name(site.output))
+            floats = {n for n in site.fed if n in values and np.asarray(values[n]).dtype.kind == "f"}
+            twin = magnitude_twin(site, floats)
+            if twin:
+                lifted.extend(twin)
+                outputs.append(magnitude_name(site.output))
+        inits = {t.name: t for t in self.candidate.graph.initializer if t.name in lifted.weights}
+        for site in self.sites:
+            for name, tensor in site.constants.items():
+                named = onnx.TensorProto()
+                named.CopyFrom(tensor)
+                named.name = name
+                inits.setdefault(name, named)
+        self._shapes = {name: tuple(t.dims) for name, t in inits.items()}
+        small = {n for n, t in inits.items() if _nbytes(t) < LEND_MIN_BYTES and not _external(t)}
+        self._arrays.update({n: numpy_helper.to_array(t, self.folder or "") for n, t in inits.items()
+                             if n not in self._arrays})
+        lent = {n: a for n, a in self._arrays.items() if n not in small and a.dtype.kind == "f"}
+        lent.update(extra)
+        lifted.weights.update(extra)
+        return LocalSession(lifted, outputs, inits, lent, values, self.candidate.opset_import, self.provider)
+
+
+def _external(t: onnx.TensorProto) -> bool:
+    return t.data_location == onnx.TensorProto.EXTERNAL
+
+
+def _nbytes(t: onnx.TensorProto) -> int:
+    return len(t.raw_data) if t.HasField("raw_data") else 0

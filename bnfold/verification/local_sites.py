@@ -1,0 +1,271 @@
+"""Which nodes of the candidate to recompute on the reference's values, and the magnitude twin that gives
+each linear layer its tolerance (see :mod:`bnfold.verification.bound`).
+
+A *site* is the candidate's computation of one tensor the reference also makes: the node producing it and,
+walking back, any producers of inputs the reference does not make (e.g. the Add a MatMul fold appends).
+Inputs the reference makes are fed with the reference's values; initializers are the candidate's weights.
+A site whose walk leaves the main graph (outer-scope names) or grows past ``MAX_SITE_NODES`` is not local.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from bnfold.fold.graph import subgraphs
+from bnfold.run.local_eval import LocalNodes, local_name
+
+LINEAR = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+MAX_SITE_NODES = 6
+
+
+@dataclass
+class Site:
+    """The candidate's computation of *output*, to recompute on the reference's values."""
+
+    output: str
+    nodes: list[onnx.NodeProto]  # candidate nodes in graph order, the producer of *output* last
+    fed: set[str] = field(default_factory=set)
+    weights: set[str] = field(default_factory=set)
+    constants: dict[str, onnx.TensorProto] = field(default_factory=dict)  # weights held by Constant nodes
+
+    @property
+    def linear(self) -> onnx.NodeProto | None:
+        return next((n for n in reversed(self.nodes) if n.op_type in LINEAR), None)
+
+
+class SitePlanner:
+    """Plans sites in the candidate's main graph against the names the reference makes."""
+
+    def __init__(self, ref_graph: onnx.GraphProto, cand_graph: onnx.GraphProto, changed: set[str] = frozenset()
+                 ) -> None:
+        """*changed*: tensors the candidate computes differently under the same name (outputs of a node a
+        fold rewrote, e.g. the MatMul whose Add a MatMul fold appends): never fed with the reference's value."""
+        self.changed = set(changed)
+        self.cand_inits = {t.name for t in cand_graph.initializer}
+        self.constants = constant_tensors(cand_graph)
+        self.producer = {out: node for node in cand_graph.node for out in node.output if out}
+        self.order = {id(node): i for i, node in enumerate(cand_graph.node)}
+        self.ref_known = {out for node in ref_graph.node for out in node.output if out}
+        self.ref_known.update(v.name for v in ref_graph.input)
+
+    def site(self, output: str, max_nodes: int = MAX_SITE_NODES) -> Site | None:
+        """The site of *output*, or None where it cannot be recomputed locally."""
+        node = self.producer.get(output)
+        if node is None or any(True for _ in subgraphs(node)):
+            return None
+        site, pending, seen = Site(output, []), [node], set()
+        while pending:
+            current = pending.pop()
+            if id(current) in seen:
+                continue
+            seen.add(id(current))
+            site.nodes.append(current)
+            if len(site.nodes) > max_nodes:
+                return None
+            for name in current.input:
+                if not name:
+                    continue
+                if name in self.cand_inits:
+                    site.weights.add(name)
+                elif name in self.constants:
+                    site.weights.add(name)
+                    site.constants[name] = self.constants[name]
+                elif name in self.ref_known and name not in self.changed:
+                    site.fed.add(name)
+                elif name in self.producer and not any(True for _ in subgraphs(self.producer[name])):
+                    pending.append(self.producer[name])
+                else:
+                    return None  # an outer-scope name, or one nothing in the main graph makes
+        site.nodes.sort(key=lambda n: self.order[id(n)])
+        return site
+
+
+def constant_tensors(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
+    """Tensors held by the graph's Constant nodes (``value`` attribute), by output name."""
+    found = {}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output and node.output[0]:
+            attr = next((a for a in node.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR), None)
+            if attr is not None:
+                found[node.output[0]] = attr.t
+    return found
+
+
+def lift(site: Site, lifted: LocalNodes) -> None:
+    """Add *site*'s nodes to *lifted* (its fed inputs and weights read as they are, the rest locally)."""
+    internal = {o for n in site.nodes for o in n.output if o}
+    for node in site.nodes:
+        reads = {name: ("weight" if name in site.weights else "internal" if name in internal else "fed")
+                 for name in node.input if name}
+        lifted.add(node, reads)
+
+
+def spread_name(output: str) -> str:
+    return output + "@spread"
+
+
+def twin_nodes(site: Site) -> list[onnx.NodeProto]:
+    """Nodes computing ``sqrt(sum w^2 x^2)`` for the site's linear layer, in float32, into ``spread_name``:
+    the same layer (same attributes) on squared inputs and weights, bias dropped."""
+    linear = site.linear
+    if linear is None:
+        return []
+    internal = {o for n in site.nodes for o in n.output if o}
+    out = spread_name(site.output)
+    nodes, squared = [], []
+    for slot in (0, 1):
+        name = linear.input[slot]
+        source = local_name(name) if name in internal else name
+        cast, sq = f"{out}/cast{slot}", f"{out}/sq{slot}"
+        nodes.append(helper.make_node("Cast", [source], [cast], to=onnx.TensorProto.FLOAT))
+        nodes.append(helper.make_node("Mul", [cast, cast], [sq]))
+        squared.append(sq)
+    twin = helper.make_node(linear.op_type, squared, [f"{out}/sum"])
+    for attr in linear.attribute:
+        copy = twin.attribute.add()
+        copy.CopyFrom(attr)
+        if linear.op_type == "Gemm" and attr.name == "alpha":
+            copy.f = attr.f * attr.f
+    nodes.append(twin)
+    nodes.append(helper.make_node("Sqrt", [f"{out}/sum"], [out]))
+    return nodes
+
+
+def reduction_length(site: Site, shapes: Mapping[str, Sequence[int]]) -> int:
+    """K of the site's linear layer from its weight's shape (C_in/group x kernel, or the GEMM's inner dim)."""
+    linear = site.linear
+    if linear is None:
+        return 1
+    attrs = {a.name: helper.get_attribute_value(a) for a in linear.attribute}
+    weight = next((linear.input[s] for s in (1, 0) if linear.input[s] in shapes), None)
+    shape = list(shapes.get(weight, ())) if weight else []
+    if not shape:
+        return 1
+    if linear.op_type in ("Conv", "ConvTranspose"):
+        per_group = shape[1] if linear.op_type == "Conv" else shape[0] // max(1, int(attrs.get("group", 1)))
+        return max(1, int(per_group * math.prod(shape[2:])))
+    if linear.op_type == "Gemm":
+        return int(shape[1] if (weight == linear.input[1]) == bool(attrs.get("transB", 0)) else shape[0])
+    return int(shape[-2] if weight == linear.input[1] else shape[-1])
+
+
+def bias_of(site: Site, arrays: Mapping[str, np.ndarray], rank: int) -> np.ndarray | None:
+    """|bias| of the site, broadcastable per channel against its output (None: no bias)."""
+    linear = site.linear
+    terms: list[np.ndarray] = []
+    if linear is not None and len(linear.input) > 2 and linear.input[2] in arrays:
+        b = np.abs(np.asarray(arrays[linear.input[2]], dtype=np.float64))
+        if linear.op_type in ("Conv", "ConvTranspose") and b.ndim == 1 and rank >= 2:
+            b = b.reshape((b.size,) + (1,) * (rank - 2))
+        terms.append(b)
+    for node in site.nodes:
+        if node.op_type in ("Add", "Sub"):
+            terms += [np.abs(np.asarray(arrays[n], dtype=np.float64)) for n in node.input if n in arrays]
+    if not terms:
+        return None
+    try:
+        return sum(terms[1:], terms[0])
+    except ValueError:  # shapes that don't broadcast together: judge by the largest
+        return np.asarray(max(float(t.max()) for t in terms if t.size))
+
+
+def changed_tensors(ref_graph: onnx.GraphProto, cand_graph: onnx.GraphProto, same_weight) -> set[str]:
+    """Outputs of candidate nodes that compute something else than the reference's producer of that name:
+    another op, other inputs or attributes, or an initializer input whose content differs
+    (``same_weight(name)``)."""
+    ref_producer = {out: node for node in ref_graph.node for out in node.output if out}
+    cand_inits = {t.name for t in cand_graph.initializer}
+    changed: set[str] = set()
+    for node in cand_graph.node:
+        outputs = [o for o in node.output if o]
+        ref = ref_producer.get(outputs[0]) if outputs else None
+        same = (ref is not None and ref.op_type == node.op_type and list(ref.input) == list(node.input)
+                and list(ref.output) == list(node.output) and ref.attribute == node.attribute
+                and all(same_weight(n) for n in node.input if n in cand_inits))
+        if not same:
+            changed.update(outputs)
+    return changed
+
+
+def internal_tensors(cand_graph: onnx.GraphProto, changed: set[str]) -> set[str]:
+    """Changed tensors that only changed nodes read: intermediates of a rewritten region, whose name the
+    reference uses for another value (not comparable)."""
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in cand_graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    outputs = {o.name for o in cand_graph.output}
+    return {t for t in changed if t not in outputs and readers.get(t)
+            and all(any(o in changed for o in r.output if o) for r in readers[t])}
+
+
+# Element-wise and data-movement ops whose magnitude twin is the op itself on |inputs| (Sub: Add), and ops
+# whose output error is at most their input's (gain <= 1): their twin is |input|.
+SAME_OP_TWIN = {"Add", "Sub", "Mul", "Div", "Relu", "LeakyRelu", "MaxPool", "AveragePool", "GlobalAveragePool",
+                "GlobalMaxPool", "Concat", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity",
+                "Sum", "Mean", "Max", "Min", "ReduceMean", "ReduceSum", "ReduceMax", "Resize", "Upsample", "Pad",
+                "Slice", "Tile", "Expand", "DepthToSpace", "SpaceToDepth"}
+GAIN_ONE = {"Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Softmax", "Clip", "Erf", "Gelu", "Softplus"}
+
+
+def magnitude_name(output: str) -> str:
+    return output + "@magnitude"
+
+
+def magnitude_twin(site: Site, float_inputs: set[str]) -> list[onnx.NodeProto]:
+    """For a one-node element-wise site: nodes computing the magnitude its fed inputs' rounding can reach at
+    the output (the op on |inputs|), into ``magnitude_name``. Exposed float16 tensors are rounded copies of
+    what onnxruntime keeps in float32 between float16 nodes, so this rounding is real. [] otherwise."""
+    if len(site.nodes) != 1 or site.linear is not None:
+        return []
+    node = site.nodes[0]
+    if node.op_type not in SAME_OP_TWIN | GAIN_ONE or node.output[0] != site.output:
+        return []
+    out = magnitude_name(site.output)
+    nodes, inputs = [], []
+    for i, name in enumerate(node.input):
+        if name in float_inputs and name in site.fed:
+            nodes.append(helper.make_node("Abs", [name], [f"{out}/abs{i}"]))
+            inputs.append(f"{out}/abs{i}")
+        else:
+            inputs.append(name)
+    if not nodes:
+        return []
+    if node.op_type in GAIN_ONE:
+        return [nodes[0], helper.make_node("Identity", [inputs[0]], [out])]
+    twin = helper.make_node("Add" if node.op_type == "Sub" else node.op_type, inputs, [out])
+    twin.attribute.extend(node.attribute)
+    return nodes + [twin]
+
+
+def window_twin(site: Site, weight: np.ndarray) -> tuple[list[onnx.NodeProto], dict[str, np.ndarray]]:
+    """A cheaper bound on ``spread`` for a float32 Conv with group 1 (Cauchy-Schwarz:
+    ``sum w^2 x^2 <= max w^2 * sum x^2``): the window sums of x^2 over all input channels (a one-output-channel
+    Conv of ones), square-rooted, times each output channel's max|w|. About 1/C_out of the exact twin's work,
+    and 2-4x looser, which float32's margin (a 1 % fault is ~900x its tolerance) affords. ([], {}) where
+    it does not apply."""
+    linear = site.linear
+    attrs = {a.name: helper.get_attribute_value(a) for a in linear.attribute} if linear is not None else {}
+    if linear is None or linear.op_type != "Conv" or int(attrs.get("group", 1)) != 1 or weight.ndim < 3:
+        return [], {}
+    internal = {o for n in site.nodes for o in n.output if o}
+    data = linear.input[0]
+    source = local_name(data) if data in internal else data
+    out = spread_name(site.output)
+    ones, peak = f"{out}/ones", f"{out}/peak"
+    inits = {ones: np.ones((1, *weight.shape[1:]), np.float32),
+             peak: np.abs(weight.reshape(weight.shape[0], -1)).max(axis=1).astype(np.float32).reshape(
+                 (1, weight.shape[0]) + (1,) * (weight.ndim - 2))}
+    window = helper.make_node("Conv", [f"{out}/sq0", ones], [f"{out}/window"])
+    window.attribute.extend(a for a in linear.attribute if a.name != "group")
+    nodes = [helper.make_node("Cast", [source], [f"{out}/cast0"], to=onnx.TensorProto.FLOAT),
+             helper.make_node("Mul", [f"{out}/cast0", f"{out}/cast0"], [f"{out}/sq0"]), window,
+             helper.make_node("Sqrt", [f"{out}/window"], [f"{out}/root"]),
+             helper.make_node("Mul", [f"{out}/root", peak], [out])]
+    return nodes, inits
