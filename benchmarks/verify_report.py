@@ -91,8 +91,12 @@ def _mutant_row(row: Row, model: onnx.ModelProto, folded, applied) -> None:
             cell = row.mutants[depth]
             cell[3] += 1
             expected = {a.node for a in applied if a.target == mutant.node}
-            with M.injected(kind, mutant.node):
-                report, _ = _verified(model)
+            try:
+                with M.injected(kind, mutant.node):
+                    report, _ = _verified(model)
+            except Exception as exc:  # noqa: BLE001 - a crash is a result here, reported as a miss
+                report = None
+                row.missed.append(f"{kind}@{depth}: optimize raised {type(exc).__name__}: {exc}")
             reverted = {r.node for r in report.reverted} if report is not None else set()
             opt = reverted == expected
             try:
@@ -100,7 +104,7 @@ def _mutant_row(row: Row, model: onnx.ModelProto, folded, applied) -> None:
                 ver = not check.passed
                 first = getattr(check, "first_divergence", None) or {}
                 named = ver and first.get("tensor") == mutant.output
-            except BnfoldError:
+            except Exception:  # noqa: BLE001
                 ver = named = False
             cell[0] += opt
             cell[1] += ver
@@ -187,13 +191,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     keep = [s for s in (args.only or "").split(",") if s]
     rows = []
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
     for name, load in _sources(args.corpus, args.large):
         if keep and not any(k in name for k in keep):
             continue
         rows.append(measure(name, load(), mutants=not args.no_mutants, rounds=args.rounds))
         print(f"measured {name}", file=sys.stderr, flush=True)
+        RESULTS.write_text(render(rows, not args.no_mutants))  # so far: a long run leaves what it measured
     text = render(rows, not args.no_mutants)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(text)
     print(text)
     return 0

@@ -144,3 +144,11 @@ def test_injected_mutant_equals_the_standalone_one_and_is_undone_after(folded_re
         np.testing.assert_array_equal(_arrays(inside)[name], value, err_msg=name)
     clean = optimize(models.build("resnet18"), verify=False).model
     assert set(_changed(clean, inside)) == set(standalone.tensors)
+
+
+def test_injection_skips_a_conv_where_the_mutant_cannot_go() -> None:
+    half = models.build("resnet18_fp16")
+    target = M.folded_convs(*(lambda r: (r.model, r.report.applied))(optimize(half, verify=False)))[0].name
+    with M.injected("fp16", target) as made:
+        result = optimize(half, verify=False)
+    assert made == [] and result.report.applied
