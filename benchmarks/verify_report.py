@@ -118,8 +118,8 @@ def _mutant_row(row: Row, model: onnx.ModelProto, folded, applied) -> None:
 def _reverts(reverted: set[str], expected: set[str]) -> str:
     if reverted == expected:
         return "reverted exactly that fold"
-    hit = "including" if expected <= reverted else "not"
-    return f"reverted {len(reverted)} folds, {hit} the faulty one"
+    hit = "all of" if expected <= reverted else ("part of" if expected & reverted else "none of")
+    return f"reverted {len(reverted)} folds, {hit} the faulty conv's {len(expected)}"
 
 
 def measure(name: str, model: onnx.ModelProto, *, mutants: bool, rounds: int) -> Row:
