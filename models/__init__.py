@@ -6,7 +6,9 @@ builders (``models.resnet.build_resnet`` etc.) take explicit configs for other w
 
 from __future__ import annotations
 
-from models.registry import DESCRIPTIONS, MODEL_NAMES, build
+from models.registry import ALL_NAMES, DEEP_NAMES, DESCRIPTIONS, MODEL_NAMES, build
 from models.summary import bn_count, input_shapes, random_inputs
 
-__all__ = ["DESCRIPTIONS", "MODEL_NAMES", "build", "bn_count", "input_shapes", "random_inputs"]
+__all__ = [
+    "ALL_NAMES", "DEEP_NAMES", "DESCRIPTIONS", "MODEL_NAMES", "build", "bn_count", "input_shapes", "random_inputs",
+]

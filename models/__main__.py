@@ -9,18 +9,18 @@ from pathlib import Path
 
 import onnx
 
-from models.registry import DESCRIPTIONS, MODEL_NAMES, build
+from models.registry import ALL_NAMES, DESCRIPTIONS, build
 from models.summary import bn_count
 
 
 def _parse_names(parser: argparse.ArgumentParser, only: str | None) -> tuple[str, ...]:
     if only is None:
-        return MODEL_NAMES
+        return ALL_NAMES
     names = tuple(n.strip() for n in only.split(",") if n.strip())
-    unknown = [n for n in names if n not in MODEL_NAMES]
+    unknown = [n for n in names if n not in ALL_NAMES]
     if unknown or not names:
         parser.error(
-            f"--only: unknown model(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(MODEL_NAMES)}"
+            f"--only: unknown model(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(ALL_NAMES)}"
         )
     return names
 
@@ -31,7 +31,7 @@ def _make_parser() -> argparse.ArgumentParser:
     build_cmd = commands.add_parser("build", help="write OUTDIR/<name>.onnx for each model")
     build_cmd.add_argument("outdir", type=Path)
     build_cmd.add_argument("--large", action="store_true", help="benchmark sizes (ResNet-50 at 1x3x224x224, ~100 MB)")
-    build_cmd.add_argument("--only", metavar="NAMES", help="comma-separated subset of: " + ", ".join(MODEL_NAMES))
+    build_cmd.add_argument("--only", metavar="NAMES", help="comma-separated subset of: " + ", ".join(ALL_NAMES))
     build_cmd.add_argument("--seed", type=int, default=0)
     commands.add_parser("list", help="print each model name and what it exercises")
     return parser
@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _make_parser()
     args = parser.parse_args(argv)
     if args.command == "list":
-        for name in MODEL_NAMES:
+        for name in ALL_NAMES:
             print(f"{name:<16} {DESCRIPTIONS[name]}")
         return 0
     names = _parse_names(parser, args.only)

@@ -9,6 +9,7 @@ from functools import partial
 import numpy as np
 import onnx
 
+from models import deep
 from models.densenet import DenseNetConfig, build_densenet
 from models.mobilenet import MobileNetV2Config, build_mobilenetv2
 from models.plain import Bn1dClassifierConfig, VggConfig, build_classifier_bn1d, build_vgg_bn
@@ -77,7 +78,27 @@ _ENTRIES: dict[str, ModelEntry] = {
     ),
 }
 
-MODEL_NAMES: tuple[str, ...] = tuple(_ENTRIES)
+# Deep builders, each with a float16-compute / float32-I/O twin; kept out of MODEL_NAMES so that suites iterating
+# over the classic models (verified optimize on each) keep their cost; ALL_NAMES has both.
+_DEEP = {
+    "resnet101": ("ResNet-101 depth (3/4/23/3 bottleneck blocks, 104 Conv -> BN): rounding accumulates over depth.",
+                  deep.resnet101),
+    "densenet201": ("DenseNet-201 depth (6/12/48/32 dense layers): BN -> Relu -> Conv on Concats, Conv1x1 -> BN.",
+                    deep.densenet201),
+    "unet3d_deep": ("4-level 3-D U-Net: bias-free Conv3d -> BN, ConvTranspose3d -> BN, skip Concats on volumes.",
+                    deep.unet3d_deep),
+}
+for _name, (_text, _builder) in _DEEP.items():
+    _ENTRIES[_name] = ModelEntry(_text, partial(_builder, large=False), partial(_builder, large=True))
+    _half = deep.fp16io(_builder)
+    _ENTRIES[f"{_name}_fp16io"] = ModelEntry(
+        f"{_name} in float16 compute with float32 inputs/outputs (Cast at both ends, as onnxconverter-common).",
+        partial(_half, large=False), partial(_half, large=True))
+DEEP_NAMES: tuple[str, ...] = tuple(n for base in _DEEP for n in (base, f"{base}_fp16io"))
+
+# The classic sample models (what other test modules iterate over); the deep ones are built by name or via ALL_NAMES.
+MODEL_NAMES: tuple[str, ...] = tuple(n for n in _ENTRIES if n not in DEEP_NAMES)
+ALL_NAMES: tuple[str, ...] = MODEL_NAMES + DEEP_NAMES
 DESCRIPTIONS: dict[str, str] = {name: entry.description for name, entry in _ENTRIES.items()}
 
 
@@ -85,5 +106,5 @@ def build(name: str, *, large: bool = False, seed: int = 0) -> onnx.ModelProto:
     """Build sample model ``name``; equal (name, large, seed) give byte-identical models."""
     entry = _ENTRIES.get(name)
     if entry is None:
-        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
+        raise ValueError(f"unknown model {name!r}; choose from {', '.join(ALL_NAMES)}")
     return (entry.large if large else entry.small)(seed)

@@ -23,13 +23,19 @@ EXPECTED_SHAPES = {
     "unet3d": ((1, 3, 16, 16, 16), (1, 1, 16, 16, 16)),
     "classifier_bn1d": ((1, 10), (1, 3, 32, 32)),
     "resnet18_fp16": ((1, 10), (1, 3, 64, 64)),
+    "resnet101": ((1, 10), (1, 3, 64, 64)),
+    "resnet101_fp16io": ((1, 10), (1, 3, 64, 64)),
+    "densenet201": ((1, 10), (1, 3, 64, 64)),
+    "densenet201_fp16io": ((1, 10), (1, 3, 64, 64)),
+    "unet3d_deep": ((1, 3, 32, 32, 32), (1, 1, 32, 32, 32)),
+    "unet3d_deep_fp16io": ((1, 3, 32, 32, 32), (1, 1, 32, 32, 32)),
 }
 # Post-BN activations are kept O(1) by construction; anything near these bounds means the stats generator drifted.
 MAX_ABS_OUTPUT = 100.0
 MIN_OUTPUT_STD = 1e-2
 
 
-@pytest.fixture(scope="module", params=models.MODEL_NAMES)
+@pytest.fixture(scope="module", params=models.ALL_NAMES)
 def built(request: pytest.FixtureRequest) -> tuple[str, onnx.ModelProto]:
     return request.param, models.build(request.param)
 
@@ -52,7 +58,8 @@ def _bn_arrays(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 
 
 def test_registry_is_complete() -> None:
-    assert set(models.MODEL_NAMES) == set(EXPECTED_SHAPES) == set(models.DESCRIPTIONS)
+    assert set(models.ALL_NAMES) == set(EXPECTED_SHAPES) == set(models.DESCRIPTIONS)
+    assert models.ALL_NAMES == models.MODEL_NAMES + models.DEEP_NAMES
     assert all(len(text) > 20 for text in models.DESCRIPTIONS.values())
     with pytest.raises(ValueError, match="unknown model"):
         models.build("resnet1000")
