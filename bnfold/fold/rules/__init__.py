@@ -6,7 +6,16 @@ for a BN that its producer can't absorb; affine_chain handles Mul/Add/Sub/Div sc
 
 from __future__ import annotations
 
-from bnfold.fold.rules import affine_chain, bn_conv, conv_bn, convtranspose_bn, gemm_bn, matmul_bn
+from bnfold.fold.rules import (
+    affine_chain,
+    bn_conv,
+    conv_bn,
+    convtranspose_bn,
+    gemm_bn,
+    matmul_affine,
+    matmul_bn,
+    transparent_bn,
+)
 from bnfold.fold.rules.base import Plan, Refusal, Rule
 
 RULES: tuple[Rule, ...] = (
@@ -14,8 +23,10 @@ RULES: tuple[Rule, ...] = (
     convtranspose_bn.RULE,
     gemm_bn.RULE,
     matmul_bn.RULE,
+    transparent_bn.RULE,
     bn_conv.RULE,
     affine_chain.RULE,
+    matmul_affine.RULE,
 )
 
 RULE_NAMES: tuple[str, ...] = tuple(rule.name for rule in RULES)
