@@ -39,8 +39,10 @@ def test_table_has_one_line_per_batchnorm_and_totals(densenet):
         expected = f"folds ({site.rule})" if site.foldable else f"stays: {site.reason.value} - {site.sentence}"
         assert expected in line
     totals = report.totals
+    reasons = ", ".join(f"{reason} {count}" for reason, count in totals.by_reason.items())
+    assert set(totals.by_reason) == {"no_foldable_neighbour", "branch_not_foldable"}  # the latter: issue 12
     assert lines[-1] == (f"Totals: {totals.batchnorms} BatchNormalization, {totals.foldable} foldable, "
-                         f"{totals.refused} stay (no_foldable_neighbour {totals.refused})")
+                         f"{totals.refused} stay ({reasons})")
     assert lines[-2] == "Affine Mul/Add/Sub/Div by constants: none recognised"
 
 

@@ -7,8 +7,10 @@ for a BN that its producer can't absorb; affine_chain handles Mul/Add/Sub/Div sc
 from __future__ import annotations
 
 from bnfold.fold.rules import (
+    add_bn,
     affine_chain,
     bn_conv,
+    concat_bn,
     conv_bn,
     convtranspose_bn,
     gemm_bn,
@@ -24,6 +26,8 @@ RULES: tuple[Rule, ...] = (
     gemm_bn.RULE,
     matmul_bn.RULE,
     transparent_bn.RULE,
+    concat_bn.RULE,
+    add_bn.RULE,
     bn_conv.RULE,
     affine_chain.RULE,
     matmul_affine.RULE,

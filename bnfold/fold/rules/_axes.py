@@ -35,6 +35,15 @@ def renamed(g: GraphIndex, old: str, base: str | None = None) -> str:
     return new
 
 
+def set_beta_one(gemm: onnx.NodeProto) -> None:
+    """A Gemm whose bias already holds beta * C: beta becomes 1."""
+    for attr in gemm.attribute:
+        if attr.name == "beta":
+            attr.f = 1.0
+            return
+    gemm.attribute.append(onnx.helper.make_attribute("beta", 1.0))
+
+
 def per_axis(const: np.ndarray, rank: int, axis: int, channels: int) -> np.ndarray | Refusal:
     """*const* as a [channels] float64 vector, if it broadcasts along *axis* of a rank-*rank* tensor only
     (right-aligned, every other size 1) and never widens that tensor's rank."""

@@ -25,7 +25,15 @@ import onnx
 
 from bnfold.fold import fold_math
 from bnfold.fold.graph import is_float_dtype
-from bnfold.fold.rules._axes import axis_view, links_refusal, matmul_layout, moved_axis, renamed, transparent_chain
+from bnfold.fold.rules._axes import (
+    axis_view,
+    links_refusal,
+    matmul_layout,
+    moved_axis,
+    renamed,
+    set_beta_one,
+    transparent_chain,
+)
 from bnfold.fold.rules._common import bn_affine, for_chain, plan_producer_fold, rounded, sole_producer, write_constants
 from bnfold.fold.rules.base import Plan, Refusal
 from bnfold.reasons import Reason
@@ -85,7 +93,7 @@ class TransparentBnRule:
         chain = transparent_chain(g, bn.input[0])
         write_constants(g, producer, plan)
         if producer.op_type == "Gemm":
-            _set_beta_one(producer)
+            set_beta_one(producer)
         with g.editing(*chain):
             last = _rename_chain(g, producer, chain)
             if producer.op_type == "MatMul":  # the BN becomes the Add of the shift, in place
@@ -128,14 +136,6 @@ def _rename_chain(g, producer: onnx.NodeProto, chain: list[onnx.NodeProto]) -> s
         name = renamed(g, node.output[0])
         node.output[0] = name
     return name
-
-
-def _set_beta_one(gemm: onnx.NodeProto) -> None:
-    for attr in gemm.attribute:
-        if attr.name == "beta":
-            attr.f = 1.0
-            return
-    gemm.attribute.append(onnx.helper.make_attribute("beta", 1.0))
 
 
 RULE = TransparentBnRule()
