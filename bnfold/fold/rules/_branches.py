@@ -45,7 +45,10 @@ def join_input(g, anchor: onnx.NodeProto, join_op: str) -> tuple[onnx.NodeProto,
     return join, const_slot
 
 
-def branch_producers(g, join: onnx.NodeProto, anchor: onnx.NodeProto) -> list[tuple[onnx.NodeProto, int]] | Refusal | None:
+Branches = list[tuple[onnx.NodeProto, int]]
+
+
+def branch_producers(g, join: onnx.NodeProto, anchor: onnx.NodeProto) -> Branches | Refusal | None:
     """Each input's producer and its output rank, checked: a foldable node read only by *join*, with
     constant weights, all of one rank; and *join*'s output read only by *anchor*. None when no input
     comes from a foldable node at all (then there is nothing to fold into)."""
