@@ -9,7 +9,9 @@ from __future__ import annotations
 from bnfold.fold.rules import (
     add_bn,
     affine_chain,
+    affine_conv,
     bn_conv,
+    bn_gemm,
     concat_bn,
     conv_bn,
     convtranspose_bn,
@@ -31,6 +33,8 @@ RULES: tuple[Rule, ...] = (
     bn_conv.RULE,
     affine_chain.RULE,
     matmul_affine.RULE,
+    affine_conv.RULE,
+    bn_gemm.RULE,
 )
 
 RULE_NAMES: tuple[str, ...] = tuple(rule.name for rule in RULES)

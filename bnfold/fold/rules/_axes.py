@@ -44,6 +44,29 @@ def set_beta_one(gemm: onnx.NodeProto) -> None:
     gemm.attribute.append(onnx.helper.make_attribute("beta", 1.0))
 
 
+def same_shape_refusal(g: GraphIndex, data: str, rank: int, channels: int, axis: int = 1) -> Refusal | None:
+    """Why a per-channel constant applied to *data* might not keep its shape: *data* must provably be a
+    rank-*rank* tensor with *channels* on *axis* (else the constant would broadcast it wider)."""
+    shape = shape_of(g, data)
+    if shape is None:
+        return Refusal(Reason.RANK_UNKNOWN, data)
+    if len(shape) != rank or shape[axis] != channels:
+        return Refusal(Reason.SHAPE_MISMATCH, f"{data} has shape {shape}, the layer expects {channels} channels")
+    return None
+
+
+def pads_nothing(conv: onnx.NodeProto, kernel_shape: tuple[int, ...]) -> bool:
+    """Whether every output position of *conv* sees only real input (no zero padding)."""
+    attrs = attribute_values(conv)
+    auto_pad = attrs.get("auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    if auto_pad == "VALID":
+        return True
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        return all(k == 1 for k in kernel_shape)
+    return all(p == 0 for p in attrs.get("pads", []))
+
+
 def per_axis(const: np.ndarray, rank: int, axis: int, channels: int) -> np.ndarray | Refusal:
     """*const* as a [channels] float64 vector, if it broadcasts along *axis* of a rank-*rank* tensor only
     (right-aligned, every other size 1) and never widens that tensor's rank."""

@@ -25,24 +25,29 @@ class BranchPlan(Plan):
     parts: tuple[tuple[onnx.NodeProto, Plan], ...] = field(default_factory=tuple)  # (producer, its fold)
 
 
-def join_input(g, anchor: onnx.NodeProto, join_op: str) -> tuple[onnx.NodeProto, int | None] | None:
-    """(the *join_op* node producing the anchor's data input, the anchor's constant slot), or None."""
+def data_operand(g, anchor: onnx.NodeProto) -> tuple[str, int | None] | None:
+    """(the data input, the constant operand's slot) of a BN (slot None) or of a Mul/Add/Sub/Div with
+    exactly one constant operand; None for anything else."""
     if anchor.domain not in DEFAULT_DOMAINS:
         return None
     if anchor.op_type == "BatchNormalization":
-        data, const_slot = anchor.input[0], None
-    elif anchor.op_type in AFFINE_OPS and len(anchor.input) == 2:
+        return anchor.input[0], None
+    if anchor.op_type in AFFINE_OPS and len(anchor.input) == 2:
         found = [g.constant(name).ok for name in anchor.input]
-        if found.count(True) != 1:
-            return None
-        const_slot = found.index(True)
-        data = anchor.input[1 - const_slot]
-    else:
+        if found.count(True) == 1:
+            return anchor.input[1 - found.index(True)], found.index(True)
+    return None
+
+
+def join_input(g, anchor: onnx.NodeProto, join_op: str) -> tuple[onnx.NodeProto, int | None] | None:
+    """(the *join_op* node producing the anchor's data input, the anchor's constant slot), or None."""
+    operands = data_operand(g, anchor)
+    if operands is None:
         return None
-    join = g.producer.get(data)
+    join = g.producer.get(operands[0])
     if join is None or join.op_type != join_op or join.domain not in DEFAULT_DOMAINS:
         return None
-    return join, const_slot
+    return join, operands[1]
 
 
 Branches = list[tuple[onnx.NodeProto, int]]
@@ -76,8 +81,9 @@ def branch_producers(g, join: onnx.NodeProto, anchor: onnx.NodeProto) -> Branche
     return found
 
 
-def anchor_affine(g, anchor: onnx.NodeProto, const_slot: int | None, rank: int, channels: int) -> Affine | Refusal:
-    """The anchor's per-channel (scale, shift) along axis 1 of a rank-*rank* tensor of *channels*."""
+def anchor_affine(g, anchor: onnx.NodeProto, const_slot: int | None, rank: int, channels: int,
+                  axis: int = 1) -> Affine | Refusal:
+    """The anchor's per-channel (scale, shift) along *axis* (a BN's is 1) of a rank-*rank* tensor."""
     if const_slot is None:
         affine = bn_affine(g, anchor)
         if not isinstance(affine, Refusal) and affine[0].shape != (channels,):
@@ -88,7 +94,7 @@ def anchor_affine(g, anchor: onnx.NodeProto, const_slot: int | None, rank: int, 
         return Refusal(Reason.UNSUPPORTED_DTYPE, f"constant is {const.dtype}")
     if anchor.op_type == "Div" and const_slot == 0:
         return Refusal(Reason.NOT_PER_CHANNEL, "constant divided by the tensor is not affine")
-    vector = per_axis(const, rank, 1, channels)
+    vector = per_axis(const, rank, axis, channels)
     if isinstance(vector, Refusal):
         return vector
     with np.errstate(divide="ignore"):  # x / 0 gives inf; rounding refuses it as FOLD_OVERFLOW
