@@ -262,7 +262,7 @@ def _verify_and_revert(model, outcome: FoldOutcome, refold, reference: Reference
         while True:
             try:
                 report = run_verify(reference.source, _candidate(model, scratch, data),
-                                    check_tensors=_checkable(model, outcome.applied),
+                                    check_tensors=_checkable(model, outcome.applied, reference.structure),
                                     structures=(reference.structure, model), **check)
             except ShapeGuessError as exc:  # our guessed shapes; a user's bad --input-shape still raises
                 summary = VerificationSummary("not_verified", str(exc))
@@ -280,9 +280,11 @@ def _verify_and_revert(model, outcome: FoldOutcome, refold, reference: Reference
             model, outcome = refold(frozenset(exclude))
 
 
-def _checkable(model: onnx.ModelProto, applied: Sequence[AppliedFold]) -> list[str]:
-    """Fold outputs still present in the main graph (a later fold in a chain may have absorbed one)."""
+def _checkable(model: onnx.ModelProto, applied: Sequence[AppliedFold], original: onnx.ModelProto) -> list[str]:
+    """Fold outputs still present in the main graph (a later fold in a chain may have absorbed one) and
+    present in the original (a fold across a Concat/Add renames the tensors whose values it changes)."""
     produced = {out for node in model.graph.node for out in node.output}
+    produced &= {out for node in original.graph.node for out in node.output}
     return [a.output for a in applied if a.graph == "main" and a.output in produced]
 
 

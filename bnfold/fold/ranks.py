@@ -38,6 +38,7 @@ class RankOracle:
         self._shapes: dict[str, tuple[Dim, ...]] = {}
         _declared(model.graph, self._ranks, self._shapes)
         self._inferred = False
+        self.renamed: set[str] = set()  # names folds gave tensors whose values they changed
 
     def _infer(self) -> None:
         self._inferred = True
@@ -69,6 +70,7 @@ class RankOracle:
 
     def alias(self, new: str, old: str) -> None:
         """*new* names a tensor of the same shape as *old* (a fold renamed it because its value changed)."""
+        self.renamed.add(new)
         for table, lookup in ((self._ranks, self.rank), (self._shapes, self.shape)):
             known = lookup(old)
             if known is not None:

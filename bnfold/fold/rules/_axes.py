@@ -35,6 +35,11 @@ def renamed(g: GraphIndex, old: str, base: str | None = None) -> str:
     return new
 
 
+def unchanged_name(g: GraphIndex, name: str) -> str:
+    """*name* as a fold's surviving output, or "" where an earlier fold made it (nothing to compare with)."""
+    return "" if g.ranks is not None and name in g.ranks.renamed else name
+
+
 def set_beta_one(gemm: onnx.NodeProto) -> None:
     """A Gemm whose bias already holds beta * C: beta becomes 1."""
     for attr in gemm.attribute:

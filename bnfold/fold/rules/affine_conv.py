@@ -25,7 +25,7 @@ import onnx
 from bnfold.fold import fold_math
 from bnfold.fold.constant_eval import DEFAULT_DOMAINS, attribute_values
 from bnfold.fold.graph import input_name
-from bnfold.fold.rules._axes import pads_nothing, same_shape_refusal
+from bnfold.fold.rules._axes import pads_nothing, same_shape_refusal, unchanged_name
 from bnfold.fold.rules._branches import anchor_affine, data_operand
 from bnfold.fold.rules._common import CHAIN_OPS, rounded, weights, write_constants
 from bnfold.fold.rules.base import Plan, Refusal
@@ -81,7 +81,7 @@ class AffineConvRule:
         upstream = g.producer.get(data)
         chained = upstream is not None and upstream.op_type in CHAIN_OPS  # another fold into this Conv next
         return Plan(anchor=node, target=conv, constants={1: (new_w, "weight"), 2: (new_b, "bias")},
-                    precise={1: w64, 2: b64} if chained else {}, surviving_output=conv.output[0],
+                    precise={1: w64, 2: b64} if chained else {}, surviving_output=unchanged_name(g, conv.output[0]),
                     removed_tensors={node.output[0]: None})
 
     def rewrite(self, g, plan: Plan) -> None:

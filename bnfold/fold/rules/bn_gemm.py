@@ -27,7 +27,7 @@ import onnx
 from bnfold.fold import fold_math
 from bnfold.fold.constant_eval import attribute_values
 from bnfold.fold.graph import input_name
-from bnfold.fold.rules._axes import same_shape_refusal, set_beta_one
+from bnfold.fold.rules._axes import same_shape_refusal, set_beta_one, unchanged_name
 from bnfold.fold.rules._branches import anchor_affine, data_operand
 from bnfold.fold.rules._common import CHAIN_OPS, rounded, weights, write_constants
 from bnfold.fold.rules.affine_conv import sole_reader
@@ -95,7 +95,7 @@ class BnGemmRule:
         chained = upstream is not None and upstream.op_type in CHAIN_OPS
         constants = {1: (new_w, "weight")} if rank > 2 else {1: (new_w, "weight"), 2: (new_c, "bias")}
         return Plan(anchor=node, target=layer, constants=constants,
-                    precise={1: w64, 2: c64} if chained else {}, surviving_output=layer.output[0],
+                    precise={1: w64, 2: c64} if chained else {}, surviving_output=unchanged_name(g, layer.output[0]),
                     removed_tensors={node.output[0]: None})
 
     def rewrite(self, g, plan: Plan) -> None:

@@ -143,3 +143,20 @@ def test_chain_after_concat_matches_unfolded():
     result = optimize(model, verify=False)
     assert op_count(result.model, "BatchNormalization") == 0
     assert_equivalent(model, result.model)
+
+
+def test_affine_conv_into_a_conv_renamed_by_concat_bn_verifies():
+    """Regression (fuzz): concat_bn renames the Conv output it changes; a later affine_conv into that Conv
+    named the fresh tensor as its unchanged output, which verification then could not find in the original."""
+    b = GraphBuilder(seed=14)
+    x = b.input("x", ["N", 3, 6, 6])
+    scaled = b.node("Mul", [b.node("Relu", [x]), b.init(signed(b.rng, [1, 3, 1, 1]))], name="mul")
+    scaled = b.node("Add", [scaled, b.init(signed(b.rng, [1, 3, 1, 1]))], name="add")  # the Mul folds in pass 2
+    b.channels[scaled] = 3
+    y = b.bn(_concat(b, [b.conv(scaled, 4, k=3), b.conv_transpose(b.conv(x, 3, k=5), 2, k=3)]), 6, name="bn")
+    b.output(y)
+    model = b.build()
+    result = optimize(model)
+    assert sorted(a.rule for a in result.report.applied) == ["affine_conv", "affine_conv", "concat_bn"]
+    assert result.report.verification.status == "passed" and not result.report.reverted
+    assert_equivalent(model, result.model)
