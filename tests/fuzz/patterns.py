@@ -67,7 +67,6 @@ def bn_after(g, y):
     """What follows a producer: a BN, sometimes behind a data-moving op, sometimes decomposed (Keras 3)."""
     from tests.fuzz.graphs import batch_norm
 
-    choice = g.draw(st.integers(0, 5))
-    if choice == 0:
-        return decomposed_bn(g, y)
-    return batch_norm(g, transparent(g, y) if choice == 1 else y)
+    choice = g.draw(st.integers(0, 6))
+    moved = transparent(g, y) if choice in (1, 2) else y
+    return decomposed_bn(g, moved) if choice in (0, 2) else batch_norm(g, moved)

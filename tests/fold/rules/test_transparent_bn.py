@@ -185,3 +185,50 @@ def test_refuses_training_mode_bn():
     r = b.node("Identity", [_conv_1x1_map(b)])
     b.output(b.bn(r, C, name="bn", training_mode=1))
     assert_refused(b.build(), Reason.TRAINING_MODE, runnable=False)
+
+
+def test_keras_style_mul_add_behind_a_reshape():
+    b = GraphBuilder(seed=16)
+    r = b.node("Reshape", [_conv_1x1_map(b), b.init(_i64([-1, C, 1, 1]))])
+    z = b.node("Mul", [r, b.init(b.rng.uniform(0.5, 2.0, [1, C, 1, 1]).astype(np.float32))])
+    b.output(b.node("Add", [z, b.init(b.rng.standard_normal([C, 1, 1]).astype(np.float32))]))
+    model = b.build()
+    result = optimize(model, verify=False)
+    assert [a.rule for a in result.report.applied] == ["transparent_bn"] * 2 and result.report.refused == ()
+    assert [n.op_type for n in result.model.graph.node] == ["Conv", "Reshape"]
+    assert_equivalent(model, result.model)
+
+
+def test_matmul_unsqueeze_mul_add_on_the_moved_axis():
+    """[N, C] -> Unsqueeze(1) -> [N, 1, C]: the channel is now axis 2; a [C] Mul folds into W, the Add stays."""
+    b = GraphBuilder(seed=17)
+    mm = b.node("MatMul", [b.input("x", ["N", K]), b.init(b.weight([K, C]))])
+    u = b.node("Unsqueeze", [mm, b.init(_i64([1]))])
+    z = b.node("Mul", [u, b.init(b.rng.uniform(0.5, 2.0, [C]).astype(np.float32))])
+    b.output(b.node("Add", [z, b.init(b.rng.standard_normal([1, 1, C]).astype(np.float32))]))
+    model = b.build()
+    result = optimize(model, verify=False)
+    assert [a.rule for a in result.report.applied] == ["transparent_bn"] and result.report.refused == ()
+    assert [n.op_type for n in result.model.graph.node] == ["MatMul", "Unsqueeze", "Add"]
+    assert_equivalent(model, result.model)
+
+
+def test_refuses_affine_constant_off_the_channel_axis():
+    b = GraphBuilder(seed=18)
+    conv = b.conv(b.input("x", [2, 3, 6, 6]), C, k=3)  # [2, 4, 4, 4]
+    t = b.node("Transpose", [conv], perm=[0, 2, 3, 1])  # channel on axis 3
+    b.output(b.node("Mul", [t, b.init(np.full([1, C, 1, 1], 0.5, np.float32))], name="mul"))
+    result = optimize(b.build(), verify=False)
+    assert [(s.node, s.reason) for s in result.report.refused] == [("mul", Reason.NOT_PER_CHANNEL)]
+    assert not result.report.applied
+
+
+def test_refuses_overridable_producer_weight_behind_a_chain():
+    """Regression (fuzz): an overridable Conv weight behind a Reshape crashed the channel count lookup."""
+    b = GraphBuilder(seed=19)
+    x = b.input("x", ["N", 3, 5, 5])
+    conv = b.node("Conv", [x, b.init(b.weight([C, 3, 5, 5]), overridable=True)])
+    r = b.node("Reshape", [conv, b.init(_i64([-1, C, 1, 1]))])
+    b.output(b.node("Mul", [r, b.init(np.full([1, C, 1, 1], 0.5, np.float32))], name="mul"))
+    result = optimize(b.build(), verify=False)
+    assert [(s.node, s.reason) for s in result.report.refused] == [("mul", Reason.OVERRIDABLE_INITIALIZER)]
