@@ -1,7 +1,10 @@
 """The folding rules, in the order the driver tries them at each node.
 
-Producer-side folds come first (they remove a node and touch one weight); bn_conv is the fallback
-for a BN that its producer can't absorb; affine_chain handles Mul/Add/Sub/Div scale-shift blocks.
+Producer-side folds come first (they remove a node and touch one weight), then the producer folds
+that look through data-moving ops (transparent_bn) or across a Concat / Add (concat_bn, add_bn);
+bn_conv is the fallback for a BN that no producer can absorb; affine_chain and matmul_affine fold
+Mul/Add/Sub/Div scale-shift blocks into their producer; affine_conv and bn_gemm fold a scale-shift (or
+BN) into the layer that reads it, last, because a producer fold keeps the following layer untouched.
 """
 
 from __future__ import annotations
