@@ -41,7 +41,9 @@ class BatchNormSite:
 
 @dataclass(frozen=True)
 class AffineSite:
-    """A Mul/Add/Sub/Div by a constant that a rule recognised: folded by affine_chain, or refused."""
+    """A Mul/Add/Sub/Div by a constant: folded by a rule (affine_chain, matmul_affine, concat_bn, add_bn,
+    affine_conv, bn_gemm), refused by one, or, for a per-channel constant no rule recognised, left in place
+    as ``no_foldable_neighbour`` (so every decomposed BN that stays is listed, as a BatchNormalization is)."""
 
     name: str
     graph: str

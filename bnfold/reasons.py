@@ -31,6 +31,11 @@ class Reason(str, Enum):
     UNSUPPORTED_DTYPE = "unsupported_dtype"
     RULE_DISABLED = "rule_disabled"
     REVERTED_BY_VERIFICATION = "reverted_by_verification"
+    # folds through transparent ops, across Concat/Add and into the next layer (issue 12)
+    AXIS_UNPROVEN = "axis_unproven"
+    CONCAT_AXIS = "concat_axis"
+    BRANCH_NOT_FOLDABLE = "branch_not_foldable"
+    CONSUMER_LAYOUT = "consumer_layout"
 
     @property
     def sentence(self) -> str:
@@ -59,4 +64,9 @@ SENTENCES: dict[Reason, str] = {
     Reason.UNSUPPORTED_DTYPE: "the tensors are not floating point",
     Reason.RULE_DISABLED: "the rule that would fold it was disabled by the user",
     Reason.REVERTED_BY_VERIFICATION: "the fold was applied, failed verification, and was reverted",
+    Reason.AXIS_UNPROVEN: "an op between the producer and the normalization moves data, and its channel mapping "
+                          "cannot be proven from static shapes",
+    Reason.CONCAT_AXIS: "the Concat does not join along the normalized channel axis",
+    Reason.BRANCH_NOT_FOLDABLE: "an input of the Concat/Add is not produced by a foldable node read only there",
+    Reason.CONSUMER_LAYOUT: "the reading Gemm/MatMul does not contract over the normalized channel axis",
 }

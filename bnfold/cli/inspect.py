@@ -111,7 +111,8 @@ def _affine_line(report) -> str:
         if not site.foldable:
             reasons[site.reason.value] += 1
     left = ", ".join(f"{reason} {n}" for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1]))
-    return (f"Affine Mul/Add/Sub/Div by constants: {totals.affine_foldable} fold (affine_chain), "
+    rules = ", ".join(sorted({site.rule for site in report.affine if site.foldable})) or "none"
+    return (f"Affine Mul/Add/Sub/Div by constants: {totals.affine_foldable} fold ({rules}), "
             f"{totals.affine_refused} stay" + (f" ({left})" if left else ""))
 
 

@@ -22,6 +22,7 @@ from bnfold.fold.constant_eval import DEFAULT_DOMAINS
 from bnfold.fold.graph import GraphIndex, NameAllocator, subgraphs
 from bnfold.fold.ranks import RankOracle
 from bnfold.fold.rules import Plan, Refusal, Rule
+from bnfold.fold.rules._sites import leftover_affine
 from bnfold.reasons import Reason
 
 if TYPE_CHECKING:
@@ -172,8 +173,9 @@ def _first_plan(g, node, rules, exclude, key) -> tuple[Rule | None, Plan | list[
 
 def _refusal(g: GraphIndex, node, attempts, key) -> RefusedSite | None:
     if not attempts:
-        if node.op_type != BN:
-            return None  # an ordinary Add/Mul, not a candidate
+        if node.op_type != BN:  # an ordinary Add/Mul, or a per-channel affine site no rule recognised
+            leftover = leftover_affine(g, node)
+            return None if leftover is None else _site(g, node, leftover, None, (), key)
         producer = g.producer.get(node.input[0])
         readers = ", ".join(sorted({n.op_type for n in g.readers(node.output[0])})) or "none"
         detail = f"producer {producer.op_type if producer else 'graph input'}, readers {readers}"

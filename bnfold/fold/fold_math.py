@@ -111,6 +111,21 @@ def fold_into_following_conv(weight, bias, scale, shift, group: int) -> tuple[np
     return w_new.reshape(w.shape), b + bias_extra
 
 
+def fold_into_following_gemm(b_matrix, c, scale, shift, *, trans_b: bool, alpha: float,
+                             beta: float) -> tuple[np.ndarray, np.ndarray]:
+    """Affine on A's columns, then Gemm: alpha * (A s + t) B^ + beta * C = alpha * A (s B^) + C''.
+
+    B^ is B ([K, N]) or B transposed (B is [N, K] when trans_b); row k of B^ is scaled by s[k].
+    Returns (B'', C'') for a Gemm with the same alpha and beta = 1: C'' = beta * C + alpha * t B^.
+    A MatMul x[M, K] @ W[K, N] is the case alpha = 1, C absent.
+    """
+    b = np.asarray(b_matrix, dtype=F64)
+    b_hat = b.T if trans_b else b
+    b_scaled = b * (scale[None, :] if trans_b else scale[:, None])
+    extra = F64(alpha) * (np.asarray(shift, F64) @ b_hat)
+    return b_scaled, extra if c is None else F64(beta) * np.asarray(c, dtype=F64) + extra
+
+
 def affine_of_op(op: str, const, *, const_first: bool) -> tuple[np.ndarray, np.ndarray]:
     """(scale, shift) of an elementwise Mul/Add/Sub/Div by a constant, in float64.
 

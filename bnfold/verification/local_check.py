@@ -100,6 +100,11 @@ class LocalCheck:
             bias = bias_of(site, self._arrays, reference.ndim)
             internal = self._internal(site.output, values, reference)
             inputs = local.get(magnitude_name(site.output))
+            if not all(_fits(term, reference.shape) for term in (spread, bias, internal)):
+                # the bound describes one linear layer; a site that joins several (a Concat of folded
+                # producers, say) has per-segment terms that don't cover its output: the outputs judge it
+                self.worst[site.output].failed_to_run = "the site joins several layers; judged by the outputs"
+                continue
             self.worst[site.output].add(judge(reference, candidate, spread, bias, arithmetic, internal, inputs))
 
     def _twin(self, site: Site, values: Mapping[str, np.ndarray], extra: dict[str, np.ndarray]) -> list:
@@ -180,6 +185,16 @@ class LocalCheck:
         lent.update(extra)
         lifted.weights.update(extra)
         return LocalSession(lifted, outputs, inits, lent, values, self.candidate.opset_import, self.provider)
+
+
+def _fits(term: np.ndarray | float | None, shape: tuple[int, ...]) -> bool:
+    """Whether a tolerance term broadcasts against a tensor of *shape* without growing it."""
+    if term is None:
+        return True
+    try:
+        return np.broadcast_shapes(np.shape(term), shape) == tuple(shape)
+    except ValueError:
+        return False
 
 
 def _external(t: onnx.TensorProto) -> bool:

@@ -39,8 +39,10 @@ def test_table_has_one_line_per_batchnorm_and_totals(densenet):
         expected = f"folds ({site.rule})" if site.foldable else f"stays: {site.reason.value} - {site.sentence}"
         assert expected in line
     totals = report.totals
+    reasons = ", ".join(f"{reason} {count}" for reason, count in totals.by_reason.items())
+    assert set(totals.by_reason) == {"no_foldable_neighbour", "branch_not_foldable"}  # the latter: issue 12
     assert lines[-1] == (f"Totals: {totals.batchnorms} BatchNormalization, {totals.foldable} foldable, "
-                         f"{totals.refused} stay (no_foldable_neighbour {totals.refused})")
+                         f"{totals.refused} stay ({reasons})")
     assert lines[-2] == "Affine Mul/Add/Sub/Div by constants: none recognised"
 
 
@@ -92,3 +94,23 @@ def test_errors_are_one_line(tmp_path, monkeypatch, args, code, message):
     assert result.stdout == ""
     assert result.stderr.startswith("Error: ") and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_affine_line_names_the_rules_that_fold(tmp_path):
+    """Issue 12: affine sites fold by several rules now; the summary line names those that applied."""
+    import numpy as np
+
+    from tests.builders import GraphBuilder
+
+    b = GraphBuilder(seed=0)
+    x = b.input("x", ["N", 3, 5, 5])
+    z = b.node("Mul", [b.conv(x, 4, k=5), b.init(np.full([4, 1, 1], 0.5, np.float32))])
+    flat = b.node("Flatten", [z])
+    mm = b.node("MatMul", [flat, b.init(b.weight([4, 2]))])
+    scaled = b.node("Mul", [mm, b.init(np.full([2], 2.0, np.float32))])
+    b.output(b.node("Add", [scaled, b.init(np.ones(2, np.float32))]))
+    path = tmp_path / "affine.onnx"
+    onnx.save(b.build(), path)
+    result = invoke(str(path))
+    assert result.exit_code == 0, result.output
+    assert "Affine Mul/Add/Sub/Div by constants: 2 fold (affine_chain, matmul_affine), 0 stay" in result.stdout

@@ -6,13 +6,12 @@ padding, dense/grouped/depthwise, bias or not), ConvTranspose (group, output_pad
 (variance log-uniform 1e-4..1e2, negative and zero gammas), Relu, Add/Mul of two same-shaped tensors (or one
 read twice), Mul/Add/Sub/Div by a constant (per channel, scalar, or along the last axis), Concat on channels,
 GlobalAveragePool + Flatten + Gemm (transB, alpha, beta, C [M] / [1, M] / [1] / none), MatMul ([N, K] @ W or
-W @ [N, C, L]), and dead Identity nodes. A Conv/ConvTranspose/Gemm/MatMul is followed by a BN 3 times in 4.
+W @ [N, C, L]), dead Identity nodes, ``patterns``' blocks. Producers are followed by a BN 3 times in 4.
 Constants are initializers, Constant nodes, Casts of wider Constants or overridable initializers; weights,
 biases and BN parameter sets are sometimes shared; unread tensors and some intermediate ones are outputs.
 
-Hypothesis draws the structure, so failures shrink to a few nodes; a numpy generator seeded by one drawn
-integer fills the values. Shapes are tracked while building and declared on every graph output, so the
-strict checker (``full_check=True``, run on every graph) proves the tracking right.
+Hypothesis draws the structure, so failures shrink to a few nodes; a numpy generator seeded by one drawn integer
+fills the values. Shapes are tracked and declared on every graph output; ``full_check=True`` proves them.
 """
 
 from __future__ import annotations
@@ -26,6 +25,7 @@ from hypothesis import strategies as st
 from onnx import helper
 
 from tests.builders import GraphBuilder
+from tests.fuzz.patterns import bn_after, decomposed_bn, join_bn, transparent
 
 MAX_CHANNELS = 16
 BN = "BatchNormalization"
@@ -295,8 +295,8 @@ def matmul(g: FuzzGraph, x: Tensor) -> Tensor:
 
 # Repeats weight the draw toward the layers BN folds into; the first entry is what failures shrink to.
 SPATIAL_OPS = (conv, batch_norm, conv, conv_transpose, relu, affine_constant, residual, conv, concat, batch_norm,
-               gemm, matmul, dead_end)
-FLAT_OPS = (gemm, batch_norm, relu, affine_constant, residual, concat, matmul, dead_end)
+               gemm, matmul, dead_end, transparent, decomposed_bn, join_bn)
+FLAT_OPS = (gemm, batch_norm, relu, affine_constant, residual, concat, matmul, dead_end, transparent, decomposed_bn)
 
 
 @st.composite
@@ -312,7 +312,7 @@ def cnn_models(draw: Callable, max_ops: int = 8, dtypes: tuple = (np.float32, np
         op = draw(st.sampled_from(SPATIAL_OPS if len(x.shape) > 2 else FLAT_OPS))
         y = op(g, x)
         if op in (conv, conv_transpose, gemm, matmul) and draw(st.integers(0, 3)) < 3:
-            batch_norm(g, y)
+            bn_after(g, y)
         if g.pool[-1].channels > MAX_CHANNELS:
             break
     if len(g.pool) == 1:  # only dead ends so far: compute something
