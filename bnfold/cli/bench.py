@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -40,7 +41,7 @@ class _ProgressBar:
     """A click progress bar on stderr, opened on the first progress call (the total is known only then)."""
 
     def __init__(self) -> None:
-        self._bar = None
+        self._bar: Any = None  # click's ProgressBar, which click does not export
 
     def __call__(self, step: int, total: int) -> None:
         if self._bar is None:

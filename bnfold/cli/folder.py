@@ -171,7 +171,8 @@ def result_label(outcome: FileOutcome, *, check: bool) -> str:
         return "ok, with a warning" if outcome.message else "ok"
     if code == ExitCode.FAILED:
         return "check failed: foldable BatchNormalization" if check else "verification failed"
-    names = {ExitCode.USAGE: "usage error", ExitCode.MODEL_ERROR: "model error", ExitCode.OUTPUT_ERROR: "output error"}
+    names: dict[int, str] = {ExitCode.USAGE: "usage error", ExitCode.MODEL_ERROR: "model error",
+                             ExitCode.OUTPUT_ERROR: "output error"}
     return f"{names.get(code, 'error')} (exit {code})"
 
 
@@ -209,11 +210,11 @@ def _progress(total: int, enabled: bool) -> Iterator[Callable[[], None]]:
 
 def _run_all(model_jobs: Sequence[ModelJob], workers: int, advance: Callable[[], None]) -> list[FileOutcome]:
     if workers == 1:
-        outcomes = []
+        serial: list[FileOutcome] = []
         for job in model_jobs:
-            outcomes.append(run_job(job))
+            serial.append(run_job(job))
             advance()
-        return outcomes
+        return serial
     outcomes: list[FileOutcome | None] = [None] * len(model_jobs)
     # spawn, not fork: the parent may hold onnxruntime threads, and forking a threaded process can deadlock.
     context = multiprocessing.get_context("spawn")
@@ -229,7 +230,7 @@ def _run_all(model_jobs: Sequence[ModelJob], workers: int, advance: Callable[[],
         if outcome is None:  # after a crash, run the rest alone so only the culprit fails
             outcomes[i] = _run_isolated(model_jobs[i], context)
             advance()
-    return outcomes
+    return outcomes  # type: ignore[return-value]  # every slot is filled by now
 
 
 def _run_isolated(job: ModelJob, context) -> FileOutcome:

@@ -116,6 +116,7 @@ def _run(source: Path, output: Path | None, settings: OptimizeSettings, outcome:
             outcome.exit_code = int(ExitCode.FAILED)
             outcome.message = f"{len(foldable)} foldable BatchNormalization remain (e.g. {foldable[0].node})"
         return
+    assert target is not None  # only --check runs without one, and they returned above
     if target != source and result.source_external_data:
         _refuse_clobbering_input_data(source, target)
     _write(source, target, result, outcome)

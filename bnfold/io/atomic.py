@@ -44,7 +44,7 @@ class SignalGuard:
 
     def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM,)) -> None:
         self._signals = signals
-        self._previous: dict[int, object] = {}
+        self._previous: dict[int, Callable[[int, FrameType | None], object] | int | None] = {}
 
     def __enter__(self) -> SignalGuard:
         if threading.current_thread() is not threading.main_thread():
@@ -132,7 +132,7 @@ def commit_pair(data: _Stage | None, model: _Stage) -> None:
                 data.commit()
             model.commit()
         except BaseException:
-            if backup is not None:
+            if backup is not None and data is not None:  # (a backup exists only with data)
                 os.replace(backup, data.destination)
                 backup = None
             raise
@@ -185,7 +185,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
     path = Path(path)
     require_folder(path)
     with SignalGuard(), staged(path) as stage:
-        write(stage.handle)
+        write(stage.handle)  # type: ignore[arg-type]  # WritebackFile delegates to the file it wraps
         stage.commit()
     sync_folder(path.parent)
 
