@@ -178,3 +178,13 @@ def test_without_onnxruntime_the_library_raises_its_typed_error(model_path):
             "except RuntimeUnavailableError as exc:\n    print(int(exc.exit_code), type(exc.__cause__).__name__)")
     done = _python(code, str(model_path))
     assert done.stdout.split() == ["3", "ModuleNotFoundError"], done.stdout + done.stderr
+
+
+def test_the_readme_names_the_declared_floors():
+    declared = PROJECT["dependencies"] + PROJECT["optional-dependencies"]["cpu"]
+    floors = {_requirement_name(r): r.split(">=")[1] for r in declared}
+    readme = " ".join((REPO / "README.md").read_text().split())
+    python = PROJECT["requires-python"].removeprefix(">=")
+    assert f"Python {python}," in readme
+    for name, version in floors.items():
+        assert f"{name.replace('-', '_')} {version}" in readme, (name, version)
