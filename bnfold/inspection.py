@@ -144,7 +144,7 @@ def _channels(g: GraphIndex, node: onnx.NodeProto) -> int | None:
     if initializer is not None:
         return int(initializer.dims[0]) if initializer.dims else None
     scale = g.constant(node.input[1])
-    return int(scale.value.shape[0]) if scale.ok and scale.value.ndim else None
+    return int(scale.value.shape[0]) if scale.value is not None and scale.value.ndim else None
 
 
 def _verdict(applied: AppliedFold | None, refused: RefusedSite | None) -> dict:

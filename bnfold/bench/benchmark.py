@@ -247,7 +247,7 @@ def _rounds(runners: list[Runner], count: int | None, budget_ns: int | None,
                 row_e2e[v], row_dev[v] = runners[v].run()
             end_to_end.append(row_e2e)
             device.append(row_dev)
-            tick((done + 1) / count if count is not None else elapsed / budget_ns)
+            tick((done + 1) / count if count is not None else elapsed / budget_ns)  # type: ignore[operator]
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -258,6 +258,7 @@ def _rounds(runners: list[Runner], count: int | None, budget_ns: int | None,
 
 def _result(variant: Variant, config: Config, opened: _Opened, e2e: np.ndarray,
             device: np.ndarray | None) -> BenchResult:
+    assert config.batch is not None  # _run_configs resolved it from the feed
     s = summarize_ns(e2e)
     extra = {}
     if device is not None:
@@ -277,6 +278,7 @@ def _result(variant: Variant, config: Config, opened: _Opened, e2e: np.ndarray,
 
 def _comparison(sides: tuple[Variant, Variant], config: Config, e2e: np.ndarray, device: np.ndarray | None,
                 seed: int) -> BenchComparison:
+    assert config.batch is not None  # _run_configs resolved it from the feed
     main = bootstrap_speedup(e2e[:, 0], e2e[:, 1], seed=seed)
     per_round = bootstrap_round_ratio(e2e[:, 0], e2e[:, 1], seed=seed)
     extra = {}

@@ -62,7 +62,7 @@ def display_name(label: str) -> str:
 
 
 def _row(result: BenchResult, device: bool) -> tuple[str, ...]:
-    cells = (
+    cells: tuple[str, ...] = (
         display_name(result.model),
         _ms(result.p50_ms), _ms(result.p90_ms), _ms(result.p99_ms),
         f"{_ms(result.mean_ms)}±{_ms(result.std_ms)}", _ms(result.min_ms),

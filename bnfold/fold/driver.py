@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import numpy as np
 import onnx
 
 from bnfold.fold import initializer_inputs
@@ -83,7 +84,8 @@ def site_key(label: str, node: onnx.NodeProto) -> str:
 def graph_indexes(model: onnx.ModelProto, data: DataFolder | None = None) -> Iterator[GraphIndex]:
     """Indexes for the main graph and every subgraph, parents before children. ``data``: where a lazily
     loaded model's external initializers live (see ``bnfold.io.lazy_data``)."""
-    names, ranks, opset, precise = NameAllocator(model), RankOracle(model), ai_onnx_opset(model), {}
+    names, ranks, opset = NameAllocator(model), RankOracle(model), ai_onnx_opset(model)
+    precise: dict[str, np.ndarray] = {}
     pending = deque([GraphIndex(model.graph, label="main", opset=opset, names=names, ranks=ranks,
                                 precise=precise, data=data)])
     while pending:
@@ -131,6 +133,7 @@ def _fold_graph(g: GraphIndex, rules, disabled, exclude, outcome: FoldOutcome) -
             key = site_key(g.label, node)
             rule, result = _first_plan(g, node, rules, exclude, key)
             if isinstance(result, Plan):
+                assert rule is not None  # a plan always comes with its rule
                 _apply(g, rule, result, key, outcome)
                 changed = True
             else:

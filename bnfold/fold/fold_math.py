@@ -175,7 +175,7 @@ def channel_nonzero(a: np.ndarray, axis: int = 0, group: int | None = None) -> n
     if group is not None:
         return a.reshape(group, a.shape[0] // group, a.shape[1], -1).any(axis=(1, 3)).reshape(-1)
     others = tuple(i for i in range(a.ndim) if i != axis)
-    return a.any(axis=others) if others else a != 0
+    return np.asarray(a.any(axis=others) if others else a != 0)
 
 
 def lost_channels(now: np.ndarray, reference: np.ndarray, scale: np.ndarray, axis: int = 0,

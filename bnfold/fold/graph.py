@@ -247,7 +247,7 @@ class GraphIndex:
             if not inp:
                 continue
             found = self.constant(inp)
-            if not found.ok:
+            if found.value is None:
                 return found
             args.append(found.value)
         value = evaluate_node(node, args, self.opset)

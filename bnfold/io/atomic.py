@@ -148,7 +148,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
     require_folder(path)
     clear_stale(path)
     with SignalGuard(), staged(path) as stage:
-        write(stage.handle)
+        write(stage.handle)  # type: ignore[arg-type]  # WritebackFile delegates to the file it wraps
         stage.commit()
     sync_folder(path.parent)
 

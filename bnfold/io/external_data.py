@@ -240,7 +240,7 @@ def read_range(handle: BinaryIO, ref: ExternalRef) -> bytes:
     checked is refused, a read error names the tensor and the file."""
     try:
         handle.seek(ref.offset)
-        data = handle.read(ref.length)
+        data = handle.read(-1 if ref.length is None else ref.length)
     except OSError as exc:
         raise unreadable(ref, exc) from None
     if len(data) != ref.length:

@@ -25,7 +25,7 @@ _PAYLOAD_FIELDS = frozenset(
 _ALIGNMENT = 64  # payload offsets in written data files; lets readers map tensors without copying
 
 # Typed-field tensors that can be turned into little-endian raw bytes: data type -> (field, numpy dtype).
-_TYPED_AS_RAW = {
+_TYPED_AS_RAW: dict[int, tuple[str, str]] = {
     TensorProto.FLOAT: ("float_data", "<f4"), TensorProto.COMPLEX64: ("float_data", "<f4"),
     TensorProto.DOUBLE: ("double_data", "<f8"), TensorProto.COMPLEX128: ("double_data", "<f8"),
     TensorProto.INT64: ("int64_data", "<i8"), TensorProto.UINT64: ("uint64_data", "<u8"),
@@ -62,6 +62,7 @@ class _PayloadWriter:
         if self.source is None:
             raise ValueError(f"tensor {tensor.name!r} is still external and no source folder was given")
         ref = self.source.locate(tensor)
+        assert ref.length is not None  # locate() checks the range against the data file
         if ref.length <= self.threshold:
             inline = TensorProto()
             copy_fields(tensor, inline, skip=_PAYLOAD_FIELDS)

@@ -23,7 +23,7 @@ from bnfold.io.external_data import ExternalRef, check_ref, read_range, shrank, 
 _CHUNK = 1 << 22  # bytes per read while copying a payload between data files
 
 # Data types whose little-endian raw bytes numpy reads directly; the rest go through onnx's decoder.
-_PLAIN_DTYPES = {
+_PLAIN_DTYPES: dict[int, str] = {
     TensorProto.FLOAT: "<f4", TensorProto.DOUBLE: "<f8", TensorProto.FLOAT16: "<f2", TensorProto.INT8: "i1",
     TensorProto.INT16: "<i2", TensorProto.INT32: "<i4", TensorProto.INT64: "<i8", TensorProto.UINT8: "u1",
     TensorProto.UINT16: "<u2", TensorProto.UINT32: "<u4", TensorProto.UINT64: "<u8", TensorProto.BOOL: "?",
@@ -81,7 +81,7 @@ def _open(ref: ExternalRef) -> BinaryIO:
 
 def _read_into(handle: BinaryIO, ref: ExternalRef, view: memoryview) -> int:
     try:
-        got = handle.readinto(view)
+        got = handle.readinto(view)  # type: ignore[attr-defined]  # open(..., 'rb') is a BufferedReader
     except OSError as exc:
         raise unreadable(ref, exc) from None
     if not got:

@@ -252,7 +252,7 @@ def save_model(
     if chosen:
         external_data = serialized is None and model_bytes_size(model) > SINGLE_FILE_LIMIT
     if external_data:
-        _save_with_external_data(model, path, DataFolder(source_folder) if lazy else None)
+        _save_with_external_data(model, path, DataFolder(source_folder) if lazy and source_folder is not None else None)
         return
     if serialized is not None:
         atomic_write(path, lambda handle: handle.write(serialized))
@@ -293,7 +293,7 @@ def _save_with_external_data(model: onnx.ModelProto, path: Path, source: DataFol
     # Payloads still in the source's data files are read while the new data file is written under a
     # temporary name, so replacing those very files (in place) is safe.
     with SignalGuard(), staged(data_path) as data_stage, staged(path) as model_stage:
-        shell, moved = externalize(model, data_stage.handle, data_path.name, EXTERNAL_THRESHOLD, source)
+        shell, moved = externalize(model, data_stage.handle, data_path.name, EXTERNAL_THRESHOLD, source)  # type: ignore[arg-type]
         model_stage.handle.write(_serialize(shell, path))
         commit_pair(data_stage if moved else None, model_stage)
     sync_folder(path.parent)

@@ -129,8 +129,8 @@ def _spec(value: onnx.ValueInfoProto, override: Sequence[int] | None, batch: int
         if not _is_known(dim):
             is_batch = index == 0 and len(declared) >= 2
             chosen[index] = (batch or DEFAULT_BATCH) if is_batch else DEFAULT_DIM
-    shape = tuple(chosen.get(i, d) for i, d in enumerate(declared))
-    return InputSpec(value.name, dtype, shape, declared, chosen)  # type: ignore[arg-type]
+    shape = tuple(chosen.get(i, d) for i, d in enumerate(declared))  # type: ignore[misc, arg-type]
+    return InputSpec(value.name, dtype, shape, declared, chosen)
 
 
 def _check_override(name: str, declared: tuple[int | str | None, ...] | None, shape: tuple[int, ...]) -> None:

@@ -21,10 +21,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import onnx
-import onnxruntime as ort
 
 from bnfold.errors import ModelLoadError, RuntimeUnavailableError, UsageError
 from bnfold.run.lending import EXTERNAL_FOLDER_KEY, DetachedModel, attach, detach, lend
+
+try:
+    import onnxruntime as ort
+except ImportError as _absent:  # neither `bnfold[cpu]` nor `bnfold[gpu]` installed: say so, exit 3
+    raise RuntimeUnavailableError(
+        "onnxruntime is not installed (verify and bench need it): install onnxruntime (CPU) or onnxruntime-gpu "
+        "(CUDA), one of the two, never both; --no-verify, inspect and check work without it") from _absent
 
 ModelSource = onnx.ModelProto | DetachedModel | bytes | str | os.PathLike
 

@@ -103,8 +103,8 @@ def compare_arrays(reference: np.ndarray, candidate: np.ndarray, tolerance: Tole
     # float32 arithmetic is ample for half/single tensors (differences of close values are exact);
     # integers and doubles are compared in float64.
     work = np.float32 if reference.dtype.itemsize <= 4 and reference.dtype.kind in "fV" else np.float64
-    r = np.asarray(reference, dtype=work).ravel()
-    c = np.asarray(candidate, dtype=work).ravel()
+    r: np.ndarray = np.asarray(reference, dtype=work).ravel()
+    c: np.ndarray = np.asarray(candidate, dtype=work).ravel()
     with np.errstate(invalid="ignore", over="ignore"):  # inf - inf and overflow are sorted out just below
         diff = c - r
         squared = float(np.dot(diff, diff))

@@ -70,7 +70,7 @@ def _load(model: ModelSource) -> onnx.ModelProto:
         return onnx.load_model_from_string(bytes(model))
     from bnfold.io.model_file import load_model
 
-    return load_model(model)
+    return load_model(model)  # type: ignore[arg-type]  # (a DetachedModel would fail here: none is passed)
 
 
 def _grouped_conv_transpose():
@@ -81,7 +81,7 @@ def _grouped_conv_transpose():
     class GroupedConvTranspose(ConvTranspose):
         op_domain = ""
 
-        def _run(self, X, W, B=None, **attrs):  # noqa: N803 - ONNX's input names
+        def _run(self, X, W, B=None, **attrs):  # type: ignore[override]  # noqa: N803 - ONNX's input names
             group = attrs.get("group") or 1
             if group == 1:
                 return super()._run(X, W, B, **attrs)

@@ -26,10 +26,10 @@ def bn_affine(g: GraphIndex, bn: onnx.NodeProto) -> Affine | Refusal:
     extra = [o for o in bn.output[1:] if o and (g.readers(o) or g.is_graph_output(o))]
     if extra:
         return Refusal(Reason.EXTRA_OUTPUTS_USED, ", ".join(extra))
-    params = []
+    params: list[np.ndarray] = []
     for name in bn.input[1:5]:
         found = g.constant(name)
-        if not found.ok:
+        if found.value is None:
             reason = found.reason if found.reason is Reason.OVERRIDABLE_INITIALIZER else Reason.PARAMS_NOT_CONSTANT
             return Refusal(reason, name)
         params.append(found.value)
@@ -39,7 +39,7 @@ def bn_affine(g: GraphIndex, bn: onnx.NodeProto) -> Affine | Refusal:
     if len(sizes) != 1 or any(p.ndim != 1 for p in params):
         return Refusal(Reason.SHAPE_MISMATCH, f"parameter shapes {[p.shape for p in params]}")
     with np.errstate(divide="ignore", invalid="ignore"):  # var + eps <= 0: non-finite, refused when rounding
-        return fold_math.bn_scale_shift(*params, eps=attrs.get("epsilon", 1e-5))
+        return fold_math.bn_scale_shift(params[0], params[1], params[2], params[3], eps=attrs.get("epsilon", 1e-5))
 
 
 def training_form(opset: int, attrs: dict, outputs: int) -> str:
@@ -82,7 +82,7 @@ def weights(g: GraphIndex, node: onnx.NodeProto, slots: tuple[int, ...]) -> list
             values.append(None)
             continue
         found = g.constant(name)
-        if not found.ok:
+        if found.value is None:
             return Refusal(found.reason or Reason.WEIGHT_NOT_CONSTANT, name)
         if not is_float_dtype(found.value.dtype):
             return Refusal(Reason.UNSUPPORTED_DTYPE, f"{name} is {found.value.dtype}")
@@ -121,6 +121,7 @@ def rounded(values: np.ndarray, dtype: np.dtype, what: str, **underflow_check) -
         return Refusal(Reason.FOLD_OVERFLOW, f"{what} overflows {np.dtype(dtype).name} (or is not finite)")
     if problem == "underflow":
         return Refusal(Reason.FOLD_UNDERFLOW, f"{what} underflows {np.dtype(dtype).name}")
+    assert out is not None  # cast_checked gives an array whenever it names no problem
     return out
 
 
@@ -142,6 +143,7 @@ def plan_producer_fold(g: GraphIndex, producer: onnx.NodeProto, anchor: onnx.Nod
     if isinstance(found, Refusal):
         return found
     weight, bias = found
+    assert weight is not None  # W (input 1) is a required input
     channels = output_channels(producer, weight)
     w_in, b_in = g.exact(producer.input[1], weight), g.exact(input_name(producer, 2), bias)
     if scale.shape != (channels,):

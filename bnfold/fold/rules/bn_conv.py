@@ -58,6 +58,7 @@ class BnConvRule:
         if isinstance(found, Refusal):
             return found
         weight, bias = found
+        assert weight is not None  # W (input 1) is a required input
         if not _unpadded(conv, weight.shape[2:]):
             return Refusal(Reason.CONSUMER_CONV_PADDED, conv.name or conv.output[0])
         affine = bn_affine(g, bn)
@@ -70,9 +71,10 @@ class BnConvRule:
         w64, b64 = fold_math.fold_into_following_conv(g.exact(conv.input[1], weight),
                                                       g.exact(input_name(conv, 2), bias), scale, shift, group)
         new_w, new_b = rounded(w64, weight.dtype, "weight"), rounded(b64, weight.dtype, "bias")
-        for value in (new_w, new_b):
-            if isinstance(value, Refusal):
-                return value
+        if isinstance(new_w, Refusal):
+            return new_w
+        if isinstance(new_b, Refusal):
+            return new_b
         return Plan(anchor=bn, target=conv, constants={1: (new_w, "weight"), 2: (new_b, "bias")},
                     precise=for_chain(g, conv.output[0], {1: w64, 2: b64}),
                     surviving_output=conv.output[0], removed_tensors={z: None})

@@ -47,9 +47,10 @@ class MatMulBnRule:
         w64, bias64 = fold_math.fold_into_matmul(exact, scale, shift, channel_axis=axis)
         new_w = rounded(w64, weight.dtype, "weight", reference=weight, scale=scale, channel_axis=axis)
         bias = rounded(bias64 if slot == 1 else bias64.reshape(-1, 1), weight.dtype, "bias")
-        for value in (new_w, bias):
-            if isinstance(value, Refusal):
-                return value
+        if isinstance(new_w, Refusal):
+            return new_w
+        if isinstance(bias, Refusal):
+            return bias
         return Plan(anchor=bn, target=matmul, constants={slot: (new_w, "weight"), -1: (bias, "bias")},
                     precise=for_chain(g, bn.output[0], {slot: w64}),
                     surviving_output=bn.output[0], removed_tensors={})
