@@ -45,9 +45,10 @@ def check_command(paths: tuple[Path, ...], rules, skip_rules, jobs: int | None, 
 
     select_rules(rules, skip_rules)
     settings = OptimizeSettings(rules=rules, skip_rules=skip_rules, verify=False, check=True)
-    found = _expand(paths, recursive=recursive)
+    shard_keys = _expand(paths, recursive=recursive)
+    found = list(shard_keys)
     model_jobs = select_shard([ModelJob(path, path, None, settings) for path in found], shard,
-                              lambda job: job.label)
+                              lambda job: shard_keys[job.source])
     prepare_json(json_path, reads=found)
     if not model_jobs and json_path is None:
         if not quiet:
@@ -60,11 +61,13 @@ def check_command(paths: tuple[Path, ...], rules, skip_rules, jobs: int | None, 
     raise SystemExit(code)
 
 
-def _expand(paths: tuple[Path, ...], *, recursive: bool) -> list[Path]:
+def _expand(paths: tuple[Path, ...], *, recursive: bool) -> dict[Path, Path]:
     """Files as given (a missing one fails as its own row); folders replaced by their models (a folder
-    without any is an error, as in folder mode); no repeats."""
+    without any is an error, as in folder mode); no repeats. Each maps to its shard key: its path relative
+    to the folder it was found in (a file given alone: its name), so that every job of a CI matrix assigns
+    it to the same shard wherever the checkout lies."""
     seen: set[Path] = set()
-    expanded: list[Path] = []
+    expanded: dict[Path, Path] = {}
     for path in paths:
         found = discover_models(path, recursive=recursive) if path.is_dir() else [path]
         if not found:
@@ -72,5 +75,5 @@ def _expand(paths: tuple[Path, ...], *, recursive: bool) -> list[Path]:
         for model in found:
             if model.absolute() not in seen:
                 seen.add(model.absolute())
-                expanded.append(model)
+                expanded[model] = model.relative_to(path) if path.is_dir() else Path(model.name)
     return expanded

@@ -75,3 +75,22 @@ def test_check_shards_in_real_processes_cover_every_model_once(tmp_path):
 def test_shard_of_a_single_file_is_a_usage_error(tmp_path):
     result = CliRunner().invoke(cli, ["optimize", str(save_single(tmp_path)), "--shard", "1/2"])
     assert result.exit_code == 2 and "--shard" in result.output
+
+
+def test_check_shards_do_not_depend_on_where_the_checkout_lies(tmp_path):
+    """Regression: check keyed shards by the path as given, so two CI jobs whose checkouts lie in different
+    folders (or that pass an absolute path) split the same models differently."""
+    names = [f"m{i}.onnx" for i in range(8)]
+    split = []
+    for root in (tmp_path / "job-a" / "repo", tmp_path / "elsewhere" / "job-b" / "clone"):
+        (root / "models").mkdir(parents=True)
+        for name in names:
+            save_single(root / "models", name)
+        shards = []
+        for k in (1, 2, 3):
+            result = CliRunner().invoke(cli, ["check", str(root / "models"), "--shard", f"{k}/3", "--json", "-"])
+            assert result.exit_code in (0, 1), result.output
+            shards.append(sorted(PurePosixPath(e["model"]).name for e in json.loads(result.stdout)["models"]))
+        split.append(shards)
+    assert split[0] == split[1]
+    assert sorted(sum(split[0], [])) == names

@@ -71,3 +71,4 @@ def test_cli_exit_codes_for_nothing_comparable_and_unusable_inputs(tmp_path):
     assert empty.exit_code == ExitCode.FAILED and "nothing comparable" in empty.output
     overflow = CliRunner().invoke(cli, [*args, "--range", "0,1e308"])
     assert overflow.exit_code == ExitCode.MODEL_ERROR and "unusable inputs" in overflow.output
+    assert "Warning" not in overflow.stderr, overflow.stderr  # one Error line, no numpy overflow warning
