@@ -3,7 +3,10 @@ its parameters per segment and folds into every producer."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
+import onnx
 import pytest
 from onnx import TensorProto, helper
 
@@ -11,6 +14,7 @@ from bnfold import optimize
 from bnfold.reasons import Reason
 from tests.builders import GraphBuilder, assert_equivalent, assert_fp16_no_worse, assert_refused, op_count
 from tests.fold.rules._affine_helpers import assert_folds, signed
+from tests.fold.rules.safety import SafetyCase
 
 
 def _branches(b: GraphBuilder, sizes=(4, 2)) -> list[str]:
@@ -27,37 +31,67 @@ def _concat(b: GraphBuilder, inputs: list[str], axis: int = 1) -> str:
     return out
 
 
-@pytest.mark.parametrize("axis", [1, -3])
-def test_bn_after_concat_of_conv_and_convtranspose(axis):
-    b = GraphBuilder(seed=0)
+def concat_bn_model(axis: int = 1, *, relu: bool = True, dtype=np.float32, seed: int = 0) -> onnx.ModelProto:
+    """Concat(Conv [N, 4, 4, 4], ConvTranspose [N, 2, 4, 4]) on *axis* -> BN "bn" (-> Relu)."""
+    b = GraphBuilder(seed=seed, dtype=dtype)
     y = b.bn(_concat(b, _branches(b), axis), 6, name="bn")
-    b.output(b.node("Relu", [y], name="relu"))
-    model = b.build()
-    result = assert_folds(model, ["concat_bn"], ["Conv", "Conv", "ConvTranspose", "Concat", "Relu"])
-    assert result.model.graph.node[3].output[0] == "bn_out"
+    b.output(b.node("Relu", [y], name="relu") if relu else y)
+    return b.build()
 
 
-def test_three_segments_and_keras_style_mul_add():
+def concat_mul_add_model() -> onnx.ModelProto:
+    """Three segments (1, 2, 3 channels) -> Concat -> Mul -> Add, the Keras way of writing a BN."""
     b = GraphBuilder(seed=1)
     z = b.node("Mul", [_concat(b, _branches(b, (1, 2, 3))), b.init(signed(b.rng, [1, 6, 1, 1]))], name="mul")
     b.output(b.node("Add", [z, b.init(signed(b.rng, [6, 1, 1]))], name="add"))
-    assert_folds(b.build(), ["concat_bn", "concat_bn"], ["Conv", "Conv", "ConvTranspose", "Conv", "ConvTranspose",
-                                                          "Concat"])
+    return b.build()
 
 
-def test_concat_of_gemms():
+def concat_of_gemms_model() -> onnx.ModelProto:
     b = GraphBuilder(seed=2)
     a = b.input("a", ["N", 5])
     g1 = b.node("Gemm", [a, b.init(b.weight([5, 4])), b.init(b.weight([4]))], beta=0.5)
     g2 = b.node("Gemm", [a, b.init(b.weight([2, 5]))], transB=1)
     b.output(b.bn(_concat(b, [g1, g2]), 6, name="bn"))
-    assert_folds(b.build(), ["concat_bn"], ["Gemm", "Gemm", "Concat"])
+    return b.build()
+
+
+def concat_on_axis_two_model() -> onnx.ModelProto:
+    b = GraphBuilder(seed=4)
+    x = b.input("x", ["N", 3, 6, 6])
+    cat = b.node("Concat", [b.conv(x, 4), b.conv(x, 4)], axis=2)
+    b.output(b.bn(cat, 4, name="bn"))
+    return b.build()
+
+
+def branch_through_relu_model() -> onnx.ModelProto:
+    """Concat(Conv, Relu(Conv)) -> BN: the second segment is not a foldable producer."""
+    b = GraphBuilder(seed=5)
+    x = b.input("x", ["N", 3, 6, 6])
+    c1 = b.conv(x, 4)
+    relu = b.node("Relu", [b.conv(x, 2)])
+    b.output(b.bn(_concat(b, [c1, relu]), 6, name="bn"))
+    return b.build()
+
+
+@pytest.mark.parametrize("axis", [1, -3])
+def test_bn_after_concat_of_conv_and_convtranspose(axis):
+    model = concat_bn_model(axis)
+    result = assert_folds(model, ["concat_bn"], ["Conv", "Conv", "ConvTranspose", "Concat", "Relu"])
+    assert result.model.graph.node[3].output[0] == "bn_out"
+
+
+def test_three_segments_and_keras_style_mul_add():
+    assert_folds(concat_mul_add_model(), ["concat_bn", "concat_bn"],
+                 ["Conv", "Conv", "ConvTranspose", "Conv", "ConvTranspose", "Concat"])
+
+
+def test_concat_of_gemms():
+    assert_folds(concat_of_gemms_model(), ["concat_bn"], ["Gemm", "Gemm", "Concat"])
 
 
 def test_fp16():
-    b = GraphBuilder(seed=3, dtype=np.float16)
-    b.output(b.bn(_concat(b, _branches(b)), 6, name="bn"))
-    model = b.build()
+    model = concat_bn_model(relu=False, dtype=np.float16, seed=3)
     result = optimize(model, verify=False)
     assert [a.rule for a in result.report.applied] == ["concat_bn"]
     assert_fp16_no_worse(model, result.model)
@@ -67,20 +101,11 @@ def test_fp16():
 
 
 def test_refuses_concat_on_another_axis():
-    b = GraphBuilder(seed=4)
-    x = b.input("x", ["N", 3, 6, 6])
-    cat = b.node("Concat", [b.conv(x, 4), b.conv(x, 4)], axis=2)
-    b.output(b.bn(cat, 4, name="bn"))
-    assert_refused(b.build(), Reason.CONCAT_AXIS)
+    assert_refused(concat_on_axis_two_model(), Reason.CONCAT_AXIS)
 
 
 def test_refuses_branch_not_from_a_foldable_node():
-    b = GraphBuilder(seed=5)
-    x = b.input("x", ["N", 3, 6, 6])
-    c1 = b.conv(x, 4)
-    relu = b.node("Relu", [b.conv(x, 2)])
-    b.output(b.bn(_concat(b, [c1, relu]), 6, name="bn"))
-    result = assert_refused(b.build(), Reason.BRANCH_NOT_FOLDABLE)
+    result = assert_refused(branch_through_relu_model(), Reason.BRANCH_NOT_FOLDABLE)
     assert "Relu" in result.report.refused[0].detail
 
 
@@ -160,3 +185,56 @@ def test_affine_conv_into_a_conv_renamed_by_concat_bn_verifies():
     assert sorted(a.rule for a in result.report.applied) == ["affine_conv", "affine_conv", "concat_bn"]
     assert result.report.verification.status == "passed" and not result.report.reverted
     assert_equivalent(model, result.model)
+
+
+# ---- the cases the tier without verification folds (tests/fold/rules/test_safe_without_verification.py) -----
+
+def _refused_variant(kind: str) -> onnx.ModelProto:
+    """Concat(Conv, ConvTranspose) -> BN, spoilt by *kind*: "read" (a Conv output read again), "output" (the
+    Concat output a graph output), "same" (one Conv twice), "relu" (no foldable branch), "channels" (BN over 5),
+    "weight" (a Conv weight fed at run time), "training" (BN in training mode)."""
+    b = GraphBuilder(seed=7)
+    x = b.input("x", ["N", 3, 6, 6]) if kind in ("same", "relu", "weight") else None
+    if kind == "same":
+        c = b.conv(x, 3)
+        branches = [c, c]
+    elif kind == "relu":
+        branches = [b.node("Relu", [x]), b.node("Sigmoid", [x])]
+    elif kind == "weight":
+        b.inputs.append(helper.make_tensor_value_info("w", TensorProto.FLOAT, [2, 3, 3, 3]))
+        branches = [b.conv(x, 4), b.node("Conv", [x, "w"])]
+    else:
+        branches = _branches(b)
+    cat = _concat(b, branches)
+    b.output(b.bn(cat, 5 if kind == "channels" else 6, name="bn", training_mode=int(kind == "training")))
+    if kind == "read":
+        b.output(b.node("Relu", [branches[0]]))
+    if kind == "output":
+        b.output(cat)
+    return b.build()
+
+
+SAFETY_CASES = {
+    "concat_bn-axis-1": SafetyCase(concat_bn_model, "concat_bn"),
+    "concat_bn-axis-minus-3": SafetyCase(functools.partial(concat_bn_model, -3), "concat_bn"),
+    "concat_bn-three-segments-mul-add": SafetyCase(concat_mul_add_model, "concat_bn"),
+    "concat_bn-gemms": SafetyCase(concat_of_gemms_model, "concat_bn"),
+    "concat_bn-fp16": SafetyCase(functools.partial(concat_bn_model, relu=False, dtype=np.float16, seed=3),
+                                 "concat_bn"),
+    "concat_bn-axis-2": SafetyCase(concat_on_axis_two_model, "concat_bn", Reason.CONCAT_AXIS),
+    "concat_bn-branch-relu": SafetyCase(branch_through_relu_model, "concat_bn", Reason.BRANCH_NOT_FOLDABLE),
+    "concat_bn-producer-read": SafetyCase(functools.partial(_refused_variant, "read"), "concat_bn",
+                                          Reason.PRODUCER_HAS_OTHER_CONSUMERS),
+    "concat_bn-same-branch": SafetyCase(functools.partial(_refused_variant, "same"), "concat_bn",
+                                        Reason.PRODUCER_HAS_OTHER_CONSUMERS),
+    "concat_bn-concat-output": SafetyCase(functools.partial(_refused_variant, "output"), "concat_bn",
+                                          Reason.PRODUCER_OUTPUT_IS_GRAPH_OUTPUT),
+    "concat_bn-weight-fed": SafetyCase(functools.partial(_refused_variant, "weight"), "concat_bn",
+                                       Reason.WEIGHT_NOT_CONSTANT),
+    "concat_bn-channels": SafetyCase(functools.partial(_refused_variant, "channels"), "concat_bn",
+                                     Reason.SHAPE_MISMATCH, runnable=False),
+    "concat_bn-training": SafetyCase(functools.partial(_refused_variant, "training"), "concat_bn",
+                                     Reason.TRAINING_MODE, runnable=False),
+    "concat_bn-activations-only": SafetyCase(functools.partial(_refused_variant, "relu"), None,
+                                             Reason.NO_FOLDABLE_NEIGHBOUR),
+}

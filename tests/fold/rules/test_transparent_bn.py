@@ -4,6 +4,7 @@ folds into the Conv, ConvTranspose, Gemm or MatMul before them, only where the c
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 
 from bnfold import optimize
@@ -32,17 +33,48 @@ def _conv_1x1_map(b: GraphBuilder) -> str:
     return b.conv(b.input("x", ["N", 3, 5, 5]), C, k=5)
 
 
-@pytest.mark.parametrize("target", [[1, C, 1, 1], [-1, C, 1, 1], [0, 0, 0, 0], [0, C, 1]],
-                         ids=["tf2onnx", "minus-one", "zeros", "drop-axis"])
-def test_conv_reshape_that_keeps_the_channel_axis(target):
-    b = GraphBuilder(seed=0)
-    r = b.node("Reshape", [_conv_1x1_map(b), b.init(_i64(target))])
-    y = b.output(b.bn(r, C, name="bn"))
+def conv_reshape_bn(target=(-1, C, 1, 1), dtype=np.float32, seed: int = 0) -> onnx.ModelProto:
+    """Conv [N, C, 1, 1] -> Reshape(*target*) -> BN "bn" as the graph output (batch one where target starts 1)."""
+    b = GraphBuilder(seed=seed, dtype=dtype)
+    r = b.node("Reshape", [_conv_1x1_map(b), b.init(_i64(list(target)))])
+    b.output(b.bn(r, C, name="bn"))
     model = b.build()
     if target[0] == 1:  # a batch of one, as the tf2onnx export it imitates
         model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    return model
+
+
+def matmul_reshape_transpose_bn() -> onnx.ModelProto:
+    """[2, 6, K] @ W -> [2, 6, C] -> Reshape [2, 2, 3, C] -> Transpose [0, 3, 1, 2] -> [2, C, 2, 3] -> BN."""
+    b = GraphBuilder(seed=4)
+    mm = b.node("MatMul", [b.input("x", [2, 6, K]), b.init(b.weight([K, C]))])
+    r = b.node("Reshape", [mm, b.init(_i64([2, 2, 3, C]))])
+    b.output(b.bn(b.node("Transpose", [r], perm=[0, 3, 1, 2]), C, name="bn"))
+    return b.build()
+
+
+def symbolic_reshape_bn() -> onnx.ModelProto:
+    """Conv [N, C, H, W] -> Reshape [0, C, -1] -> BN: the size behind the channel is symbolic."""
+    b = GraphBuilder(seed=9)
+    conv = b.conv(b.input("x", ["N", 3, "H", "W"]), C, k=1)
+    b.output(b.bn(b.node("Reshape", [conv, b.init(_i64([0, C, -1]))]), C, name="bn"))
+    return b.build()
+
+
+def transpose_off_axis_bn() -> onnx.ModelProto:
+    """Conv [2, 4, 4, 4] -> Transpose [0, 2, 1, 3] -> BN over C: the channel moved off axis 1."""
+    b = GraphBuilder(seed=11)
+    conv = b.conv(b.input("x", [2, 3, 6, 6]), C, k=3)
+    b.output(b.bn(b.node("Transpose", [conv], perm=[0, 2, 1, 3]), C, name="bn"))
+    return b.build()
+
+
+@pytest.mark.parametrize("target", [[1, C, 1, 1], [-1, C, 1, 1], [0, 0, 0, 0], [0, C, 1]],
+                         ids=["tf2onnx", "minus-one", "zeros", "drop-axis"])
+def test_conv_reshape_that_keeps_the_channel_axis(target):
+    model = conv_reshape_bn(target)
     _fold(model, ["Conv", "Reshape"])
-    assert y == "bn_out"
+    assert model.graph.output[0].name == "bn_out"
     assert_equivalent(model, optimize(model, verify=False).model)
 
 
@@ -84,12 +116,7 @@ def test_matmul_reshape_to_nchw_bn():
 
 
 def test_matmul_reshape_transpose_bn():
-    """[2, 6, K] @ W -> [2, 6, C] -> Reshape [2, 2, 3, C] -> Transpose [0, 3, 1, 2] -> [2, C, 2, 3] -> BN."""
-    b = GraphBuilder(seed=4)
-    mm = b.node("MatMul", [b.input("x", [2, 6, K]), b.init(b.weight([K, C]))])
-    r = b.node("Reshape", [mm, b.init(_i64([2, 2, 3, C]))])
-    b.output(b.bn(b.node("Transpose", [r], perm=[0, 3, 1, 2]), C, name="bn"))
-    model = b.build()
+    model = matmul_reshape_transpose_bn()
     _fold(model, ["MatMul", "Reshape", "Transpose", "Add"])
     assert_equivalent(model, optimize(model, verify=False).model)
 
@@ -110,10 +137,7 @@ def test_gemm_and_convtranspose_producers():
 
 
 def test_fp16_conv_reshape_bn():
-    b = GraphBuilder(seed=7, dtype=np.float16)
-    r = b.node("Reshape", [_conv_1x1_map(b), b.init(_i64([-1, C, 1, 1]))])
-    b.output(b.bn(r, C, name="bn"))
-    model = b.build()
+    model = conv_reshape_bn(dtype=np.float16, seed=7)
     result = _fold(model, ["Conv", "Reshape"])
     assert_fp16_no_worse(model, result.model)
 
@@ -134,10 +158,7 @@ def test_intermediate_tensors_are_renamed():
 
 
 def test_refuses_symbolic_size_behind_the_channel():
-    b = GraphBuilder(seed=9)
-    conv = b.conv(b.input("x", ["N", 3, "H", "W"]), C, k=1)
-    b.output(b.bn(b.node("Reshape", [conv, b.init(_i64([0, C, -1]))]), C, name="bn"))
-    result = assert_refused(b.build(), Reason.AXIS_UNPROVEN)
+    result = assert_refused(symbolic_reshape_bn(), Reason.AXIS_UNPROVEN)
     assert "Reshape" in result.report.refused[0].detail
 
 
@@ -149,10 +170,7 @@ def test_refuses_reshape_that_splits_the_channels():
 
 
 def test_refuses_transpose_that_moves_the_channel_off_axis_one():
-    b = GraphBuilder(seed=11)
-    conv = b.conv(b.input("x", [2, 3, 6, 6]), C, k=3)  # [2, 4, 4, 4]
-    b.output(b.bn(b.node("Transpose", [conv], perm=[0, 2, 1, 3]), C, name="bn"))
-    result = assert_refused(b.build(), Reason.AXIS_UNPROVEN)
+    result = assert_refused(transpose_off_axis_bn(), Reason.AXIS_UNPROVEN)
     assert "Transpose" in result.report.refused[0].detail
 
 
