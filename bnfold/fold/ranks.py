@@ -71,7 +71,8 @@ class RankOracle:
     def alias(self, new: str, old: str) -> None:
         """*new* names a tensor of the same shape as *old* (a fold renamed it because its value changed)."""
         self.renamed.add(new)
-        for table, lookup in ((self._ranks, self.rank), (self._shapes, self.shape)):
-            known = lookup(old)
-            if known is not None:
-                table[new] = known
+        rank, shape = self.rank(old), self.shape(old)
+        if rank is not None:
+            self._ranks[new] = rank
+        if shape is not None:
+            self._shapes[new] = shape

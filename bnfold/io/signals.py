@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import Any
 
 __all__ = ["SignalGuard", "SignalTerminated", "deferred_signals"]
 
@@ -44,7 +45,7 @@ class SignalGuard:
 
     def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM,)) -> None:
         self._signals = signals
-        self._previous: dict[int, object] = {}
+        self._previous: dict[int, Callable[[int, FrameType | None], Any] | int | signal.Handlers | None] = {}
         self.received: int | None = None
 
     def __enter__(self) -> SignalGuard:
@@ -93,8 +94,8 @@ def deferred_signals() -> Iterator[None]:
         for signum, handler in previous.items():
             signal.signal(signum, signal.SIG_DFL if handler is None else handler)
         _unblock(held)
-        for signum in dict.fromkeys(pending):  # each signal once, in order of arrival
-            signal.raise_signal(signum)
+        for number in dict.fromkeys(pending):  # each signal once, in order of arrival
+            signal.raise_signal(number)
 
 
 def _block() -> set | None:

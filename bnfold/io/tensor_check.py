@@ -20,7 +20,7 @@ _MAX_ELEMENTS = 2**62  # no real tensor comes near; more would overflow 64-bit b
 _WIDE = {TensorProto.COMPLEX64, TensorProto.COMPLEX128}  # two typed values per element
 _PACKED = {getattr(TensorProto, name) for name in ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2")
            if hasattr(TensorProto, name)}
-_TYPED_FIELD = {
+_TYPED_FIELD: dict[int, str] = {
     TensorProto.FLOAT: "float_data", TensorProto.COMPLEX64: "float_data", TensorProto.DOUBLE: "double_data",
     TensorProto.COMPLEX128: "double_data", TensorProto.INT64: "int64_data", TensorProto.UINT64: "uint64_data",
     TensorProto.UINT32: "uint64_data", TensorProto.STRING: "string_data",

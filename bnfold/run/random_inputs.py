@@ -15,8 +15,8 @@ that could never fit are refused with the figures instead of failing (or swappin
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -102,7 +102,7 @@ class RandomFeeds(Sequence):
             _check_drawable(spec)
         check_memory(specs)
         self.specs, self.samples, self.seed, self.value_range = list(specs), samples, seed, value_range
-        self._states: dict[int, dict] = {}  # generator state before sample i: a few hundred bytes each
+        self._states: dict[int, Mapping[str, Any]] = {}  # generator state before sample i: a few hundred bytes each
 
     def __len__(self) -> int:
         return self.samples
@@ -112,7 +112,7 @@ class RandomFeeds(Sequence):
         for index in range(self.samples):
             yield self._draw(rng, index)
 
-    def __getitem__(self, index):  # type: ignore[override]
+    def __getitem__(self, index):
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(self.samples))]
         if index < 0:

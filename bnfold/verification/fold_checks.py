@@ -92,7 +92,7 @@ class FoldChecker:
         return [self._result(fold, verdicts) for fold in self.applied]
 
     def _result(self, fold: AppliedFold, verdicts: Mapping[str, LocalJudgement | str]) -> FoldCheck:
-        common = dict(key=fold.key, rule=fold.rule, graph=fold.graph, node=fold.node, output=fold.output)
+        common: dict = dict(key=fold.key, rule=fold.rule, graph=fold.graph, node=fold.node, output=fold.output)
         site = self.site_of.get(fold.key)
         verdict = verdicts.get(site) if site is not None else None
         if not isinstance(verdict, LocalJudgement):

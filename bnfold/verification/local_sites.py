@@ -42,8 +42,8 @@ class Site:
 class SitePlanner:
     """Plans sites in the candidate's main graph against the names the reference makes."""
 
-    def __init__(self, ref_graph: onnx.GraphProto, cand_graph: onnx.GraphProto, changed: set[str] = frozenset()
-                 ) -> None:
+    def __init__(self, ref_graph: onnx.GraphProto, cand_graph: onnx.GraphProto,
+                 changed: set[str] | frozenset[str] = frozenset()) -> None:
         """*changed*: tensors the candidate computes differently under the same name (outputs of a node a
         fold rewrote, e.g. the MatMul whose Add a MatMul fold appends): never fed with the reference's value."""
         self.changed = set(changed)

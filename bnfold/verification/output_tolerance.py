@@ -51,7 +51,7 @@ EXACT = Tolerance(atol=0.0, rtol=0.0)
 DEPTH_BASE = 50
 FLOOR_FACTOR = 4.0
 LINEAR = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
-_NARROW = {onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.BFLOAT16: "bfloat16"}
+_NARROW: dict[int, str] = {onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.BFLOAT16: "bfloat16"}
 _WIDTH = {"bfloat16": 0, "float16": 1, "float32": 2, "float64": 3}
 
 

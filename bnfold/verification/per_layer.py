@@ -28,7 +28,7 @@ from bnfold.verification.verify_report import VerifyReport
 
 class PerLayer:
     def __init__(self, check: LocalCheck, plan: TensorPlan) -> None:
-        self.check, self.plan = check, plan
+        self.check, self.tensor_plan = check, plan
         self._seen = False
 
     @classmethod
@@ -80,7 +80,7 @@ class PerLayer:
         if not failing:
             return replace(report, outputs=outputs, tensors=tensors)
         return replace(report, outputs=outputs, tensors=tensors, passed=False,
-                       first_divergence=self.plan.first_divergence(failing, cand_graph))
+                       first_divergence=self.tensor_plan.first_divergence(failing, cand_graph))
 
 
 def _same(a: np.ndarray | None, b: np.ndarray | None) -> bool:

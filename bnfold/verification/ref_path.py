@@ -146,8 +146,8 @@ def constant_terms(path: list[onnx.NodeProto], output: str, weights: ReferenceWe
                 continue
             level = np.abs(np.asarray(bias, dtype=np.float64)).ravel()
         elif node.op_type in ("Add", "Sub"):
-            consts = [weights.get(n) for n in node.input if n]
-            consts = [np.abs(np.asarray(c, dtype=np.float64)) for c in consts if c is not None]
+            found = [weights.get(n) for n in node.input if n]
+            consts = [np.abs(np.asarray(c, dtype=np.float64)) for c in found if c is not None]
             if not consts:
                 continue
             level = _per_channel(consts[0])

@@ -51,7 +51,8 @@ __all__ = ["DEFAULT_TOLERANCES", "EXACT", "VerifyReport", "verify"]
 
 
 class Observer(Protocol):
-    capture: list[str]
+    @property
+    def capture(self) -> list[str]: ...  # read-only: PerLayer and FoldChecker expose it as a property
 
     def observe(self, values: Mapping[str, np.ndarray]) -> None: ...
 
@@ -184,22 +185,6 @@ def _compare_sample(index: int, trackers: dict[str, WorstCase], ref: dict[str, n
             tracker.note = f"dtype differs: reference {r.dtype.name}, candidate {cand[name].dtype.name}"
         else:
             tracker.add(index, compare_arrays(r, cand[name], tracker.tolerance))
-
-
-def _rejudge(trackers: dict[str, WorstCase], feeds: Sequence[dict[str, np.ndarray]], ref_session,
-             cand_session) -> None:
-    """Judge again, on channel magnitudes over all samples, the few (sample, tensor) pairs that failed on
-    their own sample's magnitudes; this re-runs only those samples (outputs are not kept between samples)."""
-    redo: dict[int, list[str]] = {}
-    for name, tracker in trackers.items():
-        for index in tracker.to_rejudge():
-            redo.setdefault(index, []).append(name)
-    for index, names in sorted(redo.items()):
-        ref_arrays = ref_session.run(names, feeds[index])
-        cand_arrays = cand_session.run(names, feeds[index])
-        for name, r, c in zip(names, ref_arrays, cand_arrays, strict=True):
-            tracker = trackers[name]
-            tracker.add(index, compare_arrays(r, c, tracker.tolerance, tracker.channel_magnitude))
 
 
 def _rejudge(trackers: dict[str, WorstCase], feeds: Sequence[dict[str, np.ndarray]], ref_session,

@@ -182,6 +182,7 @@ def matmul_layout(g: GraphIndex, matmul: onnx.NodeProto) -> tuple[int, int, int]
         return Refusal(Reason.MATMUL_LAYOUT, "no single constant operand")
     slot = found.index(True)
     weight = g.constant(matmul.input[slot]).value
+    assert weight is not None  # found[slot] is True: that lookup is ok
     if weight.ndim != 2:
         return Refusal(Reason.MATMUL_LAYOUT, f"constant operand has shape {weight.shape}")
     rank = g.rank(matmul.output[0])

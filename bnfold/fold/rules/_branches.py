@@ -75,6 +75,7 @@ def branch_producers(g, join: onnx.NodeProto, anchor: onnx.NodeProto) -> Branche
         weight = weights(g, producer, (1,))
         if isinstance(weight, Refusal):
             return weight
+        assert weight[0] is not None  # W (input 1) is a required input
         found.append((producer, 2 if producer.op_type == "Gemm" else weight[0].ndim))
     if len({rank for _, rank in found}) != 1:
         return Refusal(Reason.SHAPE_MISMATCH, "branches of different ranks")

@@ -21,6 +21,7 @@ def leftover_affine(g: GraphIndex, node: onnx.NodeProto) -> Refusal | None:
         return None
     data, slot = operands
     const = g.constant(node.input[slot]).value
+    assert const is not None  # data_operand gave *slot* as the one constant operand
     if not is_float_dtype(const.dtype) or sum(size > 1 for size in const.shape) != 1:
         return None
     producer = g.producer.get(data)

@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 
 from bnfold.fold.rules._branches import (
+    BranchPlan,
     anchor_affine,
     branch_plan,
     branch_producers,
@@ -61,6 +62,7 @@ class AddBnRule:
         return branch_plan(anchor, add, parts)
 
     def rewrite(self, g, plan: Plan) -> None:
+        assert isinstance(plan, BranchPlan)  # match only ever plans a BranchPlan (branch_plan)
         rewrite_branches(g, plan)
 
 

@@ -61,6 +61,7 @@ class AffineConvRule:
         if isinstance(found, Refusal):
             return found
         weight, bias = found
+        assert weight is not None  # W (input 1) is a required input
         group = attribute_values(conv).get("group", 1)
         channels = weight.shape[1] * group
         affine = anchor_affine(g, node, const_slot, weight.ndim, channels)
@@ -75,9 +76,10 @@ class AffineConvRule:
         w64, b64 = fold_math.fold_into_following_conv(g.exact(conv.input[1], weight),
                                                       g.exact(input_name(conv, 2), bias), scale, shift, group)
         new_w, new_b = rounded(w64, weight.dtype, "weight"), rounded(b64, weight.dtype, "bias")
-        for value in (new_w, new_b):
-            if isinstance(value, Refusal):
-                return value
+        if isinstance(new_w, Refusal):
+            return new_w
+        if isinstance(new_b, Refusal):
+            return new_b
         upstream = g.producer.get(data)
         chained = upstream is not None and upstream.op_type in CHAIN_OPS  # another fold into this Conv next
         return Plan(anchor=node, target=conv, constants={1: (new_w, "weight"), 2: (new_b, "bias")},
@@ -87,7 +89,9 @@ class AffineConvRule:
     def rewrite(self, g, plan: Plan) -> None:
         conv, node = plan.target, plan.anchor
         write_constants(g, conv, plan)
-        conv.input[0] = data_operand(g, node)[0]
+        operands = data_operand(g, node)
+        assert operands is not None  # match found the data operand of this very node
+        conv.input[0] = operands[0]
         g.remove_node(node)
 
 

@@ -73,6 +73,7 @@ class BnGemmRule:
         if isinstance(found, Refusal):
             return found
         weight, bias = (found + [None])[:2]
+        assert weight is not None  # B (input 1) is a required input
         if weight.ndim != 2:
             return Refusal(Reason.CONSUMER_LAYOUT, f"weight of shape {weight.shape}")
         channels = weight.shape[1] if trans_b else weight.shape[0]
@@ -88,9 +89,10 @@ class BnGemmRule:
                                                       g.exact(input_name(layer, 2), bias), *affine,
                                                       trans_b=trans_b, alpha=alpha, beta=beta)
         new_w, new_c = rounded(w64, weight.dtype, "weight"), rounded(c64, weight.dtype, "bias")
-        for value in (new_w, new_c):
-            if isinstance(value, Refusal):
-                return value
+        if isinstance(new_w, Refusal):
+            return new_w
+        if isinstance(new_c, Refusal):
+            return new_c
         upstream = g.producer.get(data)
         chained = upstream is not None and upstream.op_type in CHAIN_OPS
         constants = {1: (new_w, "weight")} if rank > 2 else {1: (new_w, "weight"), 2: (new_c, "bias")}
@@ -105,7 +107,9 @@ class BnGemmRule:
         write_constants(g, layer, plan)
         if layer.op_type == "Gemm":
             set_beta_one(layer)
-        layer.input[0] = data_operand(g, node)[0]
+        operands = data_operand(g, node)
+        assert operands is not None  # match found the data operand of this very node
+        layer.input[0] = operands[0]
         g.remove_node(node)
 
 

@@ -25,6 +25,7 @@ import onnx
 
 from bnfold.fold.constant_eval import attribute_values
 from bnfold.fold.rules._branches import (
+    BranchPlan,
     anchor_affine,
     branch_plan,
     branch_producers,
@@ -67,6 +68,7 @@ class ConcatBnRule:
         return branch_plan(anchor, concat, parts)
 
     def rewrite(self, g, plan: Plan) -> None:
+        assert isinstance(plan, BranchPlan)  # match only ever plans a BranchPlan (branch_plan)
         rewrite_branches(g, plan)
 
 

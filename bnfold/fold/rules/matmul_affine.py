@@ -77,7 +77,7 @@ class MatMulAffineRule:
         const_slot = None if is_bn else constant_operand(g, node)
         if not is_bn and const_slot is None:
             return None
-        found = matmul_behind(g, node.input[0 if is_bn else 1 - const_slot], node)
+        found = matmul_behind(g, node.input[0 if const_slot is None else 1 - const_slot], node)
         if found is None or isinstance(found, Refusal):
             return found
         matmul, bias_add = found
@@ -122,6 +122,7 @@ class MatMulAffineRule:
         else:
             with g.editing(bias_add):
                 slot = constant_operand(g, bias_add)
+                assert slot is not None  # matmul_behind took this Add for its constant operand
                 value, role = plan.constants[-1]
                 if 0 in plan.constants or 1 in plan.constants:  # the MatMul output changes value: new name
                     fresh = renamed(g, matmul.output[0])

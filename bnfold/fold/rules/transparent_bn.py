@@ -73,7 +73,7 @@ class TransparentBnRule:
     def match(self, g, anchor: onnx.NodeProto) -> Plan | Refusal | None:
         operands = data_operand(g, anchor)
         chain = transparent_chain(g, operands[0]) if operands else []
-        if not chain:
+        if operands is None or not chain:
             return None
         producer = sole_producer(g, chain[0].input[0], chain[0], PRODUCERS)
         if producer is None or isinstance(producer, Refusal):
@@ -95,6 +95,7 @@ class TransparentBnRule:
         weight = weights(g, producer, (slot,))
         if isinstance(weight, Refusal):
             return weight
+        assert weight[0] is not None  # the MatMul's constant operand / W (input 1): never an absent input
         channels = weight[0].shape[free_axis] if producer.op_type == "MatMul" else output_channels(producer, weight[0])
         affine = anchor_affine(g, anchor, operands[1], rank, channels, axis=axis)
         if isinstance(affine, Refusal):
@@ -111,7 +112,9 @@ class TransparentBnRule:
 
     def rewrite(self, g, plan: Plan) -> None:
         producer, anchor = plan.target, plan.anchor
-        chain = transparent_chain(g, data_operand(g, anchor)[0])
+        operands = data_operand(g, anchor)
+        assert operands is not None  # match found the data operand of this very node
+        chain = transparent_chain(g, operands[0])
         write_constants(g, producer, plan)
         if producer.op_type == "Gemm":
             set_beta_one(producer)
@@ -131,6 +134,7 @@ def _matmul_plan(g, matmul, anchor, affine, slot: int, free_axis: int, where: tu
     the chain, becomes an Add there (none for a pure scale)."""
     scale, shift = affine
     weight = g.constant(matmul.input[slot]).value
+    assert weight is not None  # matmul_layout chose *slot* as the constant operand
     if not is_float_dtype(weight.dtype):
         return Refusal(Reason.UNSUPPORTED_DTYPE, f"weight is {weight.dtype}")
     if scale.shape != (weight.shape[free_axis],):
@@ -138,9 +142,10 @@ def _matmul_plan(g, matmul, anchor, affine, slot: int, free_axis: int, where: tu
     w64, b64 = fold_math.fold_into_matmul(g.exact(matmul.input[slot], weight), scale, shift, channel_axis=free_axis)
     new_w = rounded(w64, weight.dtype, "weight", reference=weight, scale=scale, channel_axis=free_axis)
     bias = rounded(axis_view(b64, *where), weight.dtype, "bias")
-    for value in (new_w, bias):
-        if isinstance(value, Refusal):
-            return value
+    if isinstance(new_w, Refusal):
+        return new_w
+    if isinstance(bias, Refusal):
+        return bias
     constants = {slot: (new_w, "weight")}
     if np.any(b64 != 0):
         constants[-1] = (bias, "bias")
@@ -149,7 +154,7 @@ def _matmul_plan(g, matmul, anchor, affine, slot: int, free_axis: int, where: tu
                 removed_tensors=_removed(matmul, chain))
 
 
-def _removed(producer: onnx.NodeProto, chain: list[onnx.NodeProto]) -> dict[str, None]:
+def _removed(producer: onnx.NodeProto, chain: list[onnx.NodeProto]) -> dict[str, str | None]:
     """The producer's and the chain's outputs: renamed, since their values change."""
     return {name: None for name in (producer.output[0], *(n.output[0] for n in chain))}
 
