@@ -65,6 +65,8 @@ class _Group(click.Group):
             try:
                 return super().invoke(ctx)
             except BnfoldError as exc:
+                if guard.received is not None:  # an interrupt cut an import short: "not installed" is false
+                    _report_interrupt(ctx, guard.received)
                 click.echo(f"Error: {exc}", err=True)
                 ctx.exit(int(exc.exit_code))
             except KeyboardInterrupt as exc:
