@@ -20,6 +20,7 @@ demo: venv
 test: venv
 	$(BIN)/python -m pip install -qq -e '.[cpu]' --group dev
 	$(BIN)/ruff check bnfold models tests benchmarks
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 lint: venv
