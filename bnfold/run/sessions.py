@@ -23,10 +23,14 @@ from pathlib import Path
 import onnx
 
 from bnfold.errors import ModelLoadError, RuntimeUnavailableError, UsageError
+from bnfold.io.signals import deferred_signals
 from bnfold.run.lending import EXTERNAL_FOLDER_KEY, DetachedModel, attach, detach, lend
 
 try:
-    import onnxruntime as ort
+    # onnxruntime's import runs native initialisers that print a traceback when a Ctrl-C lands inside
+    # them: the interrupt takes effect right after the import instead (still exit 130, one line)
+    with deferred_signals():
+        import onnxruntime as ort
 except ImportError as _absent:  # neither `bnfold[cpu]` nor `bnfold[gpu]` installed: say so, exit 3
     raise RuntimeUnavailableError(
         "onnxruntime is not installed (verify and bench need it): install onnxruntime (CPU) or onnxruntime-gpu "
