@@ -112,6 +112,24 @@ def write_constants(g: GraphIndex, node: onnx.NodeProto, plan: Plan) -> None:
             g.set_constant_input(node, slot, value, role, plan.precise.get(slot))
 
 
+FoldedConv = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # weight, bias rounded; weight, bias float64
+
+
+def following_conv_fold(g, conv: onnx.NodeProto, weight: np.ndarray, bias: np.ndarray | None, scale: np.ndarray,
+                        shift: np.ndarray, group: int) -> FoldedConv | Refusal:
+    """A per-input-channel affine folded into the Conv that reads it: (weight, bias) rounded once to the
+    weight's dtype, and their float64 values (for a chain that folds into this Conv next); or the refusal."""
+    w64, b64 = fold_math.fold_into_following_conv(g.exact(conv.input[1], weight),
+                                                  g.exact(input_name(conv, 2), bias), scale, shift, group)
+    new_w = rounded(w64, weight.dtype, "weight")
+    if isinstance(new_w, Refusal):
+        return new_w
+    new_b = rounded(b64, weight.dtype, "bias")
+    if isinstance(new_b, Refusal):
+        return new_b
+    return new_w, new_b, w64, b64
+
+
 def rounded(values: np.ndarray, dtype: np.dtype, what: str, **underflow_check) -> np.ndarray | Refusal:
     """Round float64 fold results once to *dtype*, refusing overflow/underflow.
 

@@ -22,12 +22,10 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from bnfold.fold import fold_math
 from bnfold.fold.constant_eval import DEFAULT_DOMAINS, attribute_values
-from bnfold.fold.graph import input_name
 from bnfold.fold.rules._axes import pads_nothing, same_shape_refusal, unchanged_name
 from bnfold.fold.rules._branches import anchor_affine, data_operand
-from bnfold.fold.rules._common import CHAIN_OPS, rounded, weights, write_constants
+from bnfold.fold.rules._common import CHAIN_OPS, following_conv_fold, weights, write_constants
 from bnfold.fold.rules.base import Plan, Refusal
 from bnfold.reasons import Reason
 
@@ -73,13 +71,10 @@ class AffineConvRule:
         scale, shift = affine
         if np.any(shift != 0) and not pads_nothing(conv, weight.shape[2:]):
             return Refusal(Reason.CONSUMER_CONV_PADDED, conv.name or conv.output[0])
-        w64, b64 = fold_math.fold_into_following_conv(g.exact(conv.input[1], weight),
-                                                      g.exact(input_name(conv, 2), bias), scale, shift, group)
-        new_w, new_b = rounded(w64, weight.dtype, "weight"), rounded(b64, weight.dtype, "bias")
-        if isinstance(new_w, Refusal):
-            return new_w
-        if isinstance(new_b, Refusal):
-            return new_b
+        folded = following_conv_fold(g, conv, weight, bias, scale, shift, group)
+        if isinstance(folded, Refusal):
+            return folded
+        new_w, new_b, w64, b64 = folded
         upstream = g.producer.get(data)
         chained = upstream is not None and upstream.op_type in CHAIN_OPS  # another fold into this Conv next
         return Plan(anchor=node, target=conv, constants={1: (new_w, "weight"), 2: (new_b, "bias")},

@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import onnx
 
-from bnfold.fold import fold_math
 from bnfold.fold.constant_eval import DEFAULT_DOMAINS, attribute_values
-from bnfold.fold.graph import input_name
-from bnfold.fold.rules._common import bn_affine, for_chain, rounded, weights, write_constants
+from bnfold.fold.rules._common import bn_affine, following_conv_fold, for_chain, weights, write_constants
 from bnfold.fold.rules.base import Plan, Refusal
 from bnfold.reasons import Reason
 
@@ -68,13 +66,10 @@ class BnConvRule:
         group = attribute_values(conv).get("group", 1)
         if scale.shape != (weight.shape[1] * group,):
             return Refusal(Reason.SHAPE_MISMATCH, f"{scale.shape[0]} channels vs conv input {weight.shape[1] * group}")
-        w64, b64 = fold_math.fold_into_following_conv(g.exact(conv.input[1], weight),
-                                                      g.exact(input_name(conv, 2), bias), scale, shift, group)
-        new_w, new_b = rounded(w64, weight.dtype, "weight"), rounded(b64, weight.dtype, "bias")
-        if isinstance(new_w, Refusal):
-            return new_w
-        if isinstance(new_b, Refusal):
-            return new_b
+        folded = following_conv_fold(g, conv, weight, bias, scale, shift, group)
+        if isinstance(folded, Refusal):
+            return folded
+        new_w, new_b, w64, b64 = folded
         return Plan(anchor=bn, target=conv, constants={1: (new_w, "weight"), 2: (new_b, "bias")},
                     precise=for_chain(g, conv.output[0], {1: w64, 2: b64}),
                     surviving_output=conv.output[0], removed_tensors={z: None})
