@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="bnfold", standalone_mode=True)
     except SystemExit:
+        _ignore_late_signals()
         if _STATE["interrupted"]:  # cleaned up already; an import cut short may leave native state unsafe
             sys.stdout.flush()     # to finalise, so leave without running it
             sys.stderr.flush()
@@ -118,4 +119,13 @@ def main(argv: list[str] | None = None) -> None:
         raise
     except KeyboardInterrupt as exc:  # outside the group's guard (option parsing): nothing written yet
         _interrupted_exit(getattr(exc, "signum", signal.SIGINT))
+    _ignore_late_signals()
     sys.exit(0)
+
+
+def _ignore_late_signals() -> None:
+    """The run is over and its files are written: a signal now could only interrupt the interpreter's
+    shutdown, which resets Python's handlers first, so the process would die silently (exit -2, no line).
+    Ignored signals stay ignored through shutdown, so the run's own exit code stands."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
