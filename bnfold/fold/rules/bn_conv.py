@@ -19,20 +19,10 @@ from __future__ import annotations
 import onnx
 
 from bnfold.fold.constant_eval import DEFAULT_DOMAINS, attribute_values
+from bnfold.fold.rules._axes import pads_nothing
 from bnfold.fold.rules._common import bn_affine, following_conv_fold, for_chain, weights, write_constants
 from bnfold.fold.rules.base import Plan, Refusal
 from bnfold.reasons import Reason
-
-
-def _unpadded(conv: onnx.NodeProto, kernel_shape: tuple[int, ...]) -> bool:
-    attrs = attribute_values(conv)
-    auto_pad = attrs.get("auto_pad", b"NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
-    if auto_pad == "VALID":
-        return True
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        return all(k == 1 for k in kernel_shape)
-    return all(p == 0 for p in attrs.get("pads", []))
 
 
 class BnConvRule:
@@ -57,7 +47,7 @@ class BnConvRule:
             return found
         weight, bias = found
         assert weight is not None  # W (input 1) is a required input
-        if not _unpadded(conv, weight.shape[2:]):
+        if not pads_nothing(conv, weight.shape[2:]):
             return Refusal(Reason.CONSUMER_CONV_PADDED, conv.name or conv.output[0])
         affine = bn_affine(g, bn)
         if isinstance(affine, Refusal):
