@@ -8,7 +8,8 @@ ResNet-101, DenseNet-201, 3-D U-Net, each fp32 and fp16-compute/fp32-I/O):
 - **folds**: folds ``bnfold.optimize(..., verify=False)`` applies; **reverted**: folds the verified ``optimize``
   reverts (every one of them correct: the fold is exact) and its final status;
 - **time**: verified ``optimize`` wall time vs ``verify=False`` (same in-memory model, median of a few runs);
-  and ``verify(per_layer=True)`` vs plain ``verify`` on the correct fold;
+  and ``verify(per_layer=True)`` vs plain ``verify`` on the correct fold; both verdicts on the correct fold
+  (a per-layer FAIL there would be a false alarm, and names the tensor);
 - **mutants** (``tests/verification/mutants.py``: one channel x1.01, one bias +5 % of the spread, two biases
   swapped, the fold rounded through float16) at the first, middle and deepest folded conv. ``opt``: caught by
   verified ``optimize`` with the mutant injected into its fold (exactly that fold reverted, no other);
@@ -56,6 +57,7 @@ class Row:
     t_verify: float = float("nan")
     t_per_layer: float = float("nan")
     verify_correct: str = "-"  # plain verify on the correct (unmutated) fold
+    per_layer_correct: str = "-"  # verify --per-layer on it: PASS, or FAIL with the tensor it named
     # depth -> [opt caught, ver caught, named, tried]
     mutants: dict[str, list[int]] = field(default_factory=lambda: {d: [0, 0, 0, 0] for d in M.DEPTHS})
     missed: list[str] = field(default_factory=list)
@@ -132,7 +134,9 @@ def measure(name: str, model: onnx.ModelProto, *, mutants: bool, rounds: int) ->
     try:
         row.t_verify, check = _median_time(lambda: bnfold.verify(model, plain.model), rounds)
         row.verify_correct = "PASS" if check.passed else "FAIL"
-        row.t_per_layer, _ = _median_time(lambda: bnfold.verify(model, plain.model, per_layer=True), rounds)
+        row.t_per_layer, layered = _median_time(lambda: bnfold.verify(model, plain.model, per_layer=True), rounds)
+        named = (layered.first_divergence or {}).get("tensor")
+        row.per_layer_correct = "PASS" if layered.passed else f"FAIL at {named}"
     except BnfoldError:
         pass
     if mutants and plain.report.applied:
@@ -154,8 +158,8 @@ def _ratio(a: float, b: float) -> str:
 
 def render(rows: list[Row], mutants: bool) -> str:
     head = ("| model | BN | folds | reverted | status | no-verify s | verified s | ratio | verify (correct fold) "
-            "| verify s | per-layer s | ratio |")
-    sep = "|---|---|---|---|---|---|---|---|---|---|---|---|"
+            "| per-layer (correct fold) | verify s | per-layer s | ratio |")
+    sep = "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     if mutants:
         head += " first opt/ver/named | middle | deepest |"
         sep += "---|---|---|"
@@ -163,8 +167,9 @@ def render(rows: list[Row], mutants: bool) -> str:
     totals = {d: [0, 0, 0, 0] for d in M.DEPTHS}
     for r in rows:
         line = (f"| {r.name} | {r.bn} | {r.folds} | {r.reverted} | {r.status} | {r.t_plain:.2f} | "
-                f"{r.t_verified:.2f} | {_ratio(r.t_verified, r.t_plain)} | {r.verify_correct} | {r.t_verify:.2f} | "
-                f"{r.t_per_layer:.2f} | {_ratio(r.t_per_layer, r.t_verify)} |")
+                f"{r.t_verified:.2f} | {_ratio(r.t_verified, r.t_plain)} | {r.verify_correct} | "
+                f"{r.per_layer_correct} | {r.t_verify:.2f} | {r.t_per_layer:.2f} | "
+                f"{_ratio(r.t_per_layer, r.t_verify)} |")
         if mutants:
             for d in M.DEPTHS:
                 o, v, n, t = r.mutants[d]

@@ -166,6 +166,8 @@ def _table(kind: str, comparisons) -> list[str]:
 
 def _result(c) -> str:
     """ok / FAIL, or with --per-layer the verdict: drift is error carried from upstream, not a failure."""
+    if c.compared == 0 and c.note is None:
+        return "empty"  # nothing compared: no evidence either way (a verdict with nothing at all fails)
     if c.verdict is None:
         return "ok" if c.passed else "FAIL"
     return {"pass": "ok", "drift": "drift", "fail": "FAIL"}[c.verdict]

@@ -142,7 +142,7 @@ def judge(reference: np.ndarray, candidate: np.ndarray, spread: np.ndarray | Non
     r = np.asarray(reference).astype(work, copy=False)
     c = np.asarray(candidate).astype(work, copy=False)
     with np.errstate(invalid="ignore", over="ignore"):
-        error = np.abs(c - r)
+        error = np.asarray(np.abs(c - r))  # an array even for a 0-d tensor (numpy hands back a scalar)
         finite = math.isfinite(float(error.sum(dtype=np.float64))) and math.isfinite(float(r.sum(dtype=np.float64)))
     mismatch, compared = 0, r.size
     if not finite:

@@ -205,6 +205,16 @@ def internal_tensors(cand_graph: onnx.GraphProto, changed: set[str]) -> set[str]
             and all(any(o in changed for o in r.output if o) for r in readers[t])}
 
 
+def taken_over(ref_graph: onnx.GraphProto, cand_graph: onnx.GraphProto, changed: set[str]) -> set[str]:
+    """Changed tensors that another op now produces under the reference's name: a fold's result (the Conv
+    that absorbed a BatchNormalization, the Add a MatMul fold leaves), which holds the value the reference
+    computes under that name, so it is comparable. A name whose producer kept its op (a MatMul or a Concat
+    branch with rescaled weights) may hold another value: not taken over."""
+    ref_op = {out: node.op_type for node in ref_graph.node for out in node.output if out}
+    return {out for node in cand_graph.node for out in node.output
+            if out in changed and out in ref_op and ref_op[out] != node.op_type}
+
+
 # Element-wise and data-movement ops whose magnitude twin is the op itself on |inputs| (Sub: Add), and ops
 # whose output error is at most their input's (gain <= 1): their twin is |input|.
 SAME_OP_TWIN = {"Add", "Sub", "Mul", "Div", "Relu", "LeakyRelu", "MaxPool", "AveragePool", "GlobalAveragePool",

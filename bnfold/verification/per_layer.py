@@ -20,7 +20,7 @@ import onnx
 
 from bnfold.verification.bound import LocalJudgement
 from bnfold.verification.local_check import LocalCheck
-from bnfold.verification.local_sites import SitePlanner, changed_tensors, internal_tensors
+from bnfold.verification.local_sites import SitePlanner, changed_tensors, internal_tensors, taken_over
 from bnfold.verification.ref_path import ReferenceWeights
 from bnfold.verification.tensor_plan import TensorPlan
 from bnfold.verification.verify_report import VerifyReport
@@ -41,12 +41,15 @@ class PerLayer:
         cand_weights = ReferenceWeights(candidate_source if candidate_source is not None else cand_model, cand_model)
         changed = changed_tensors(ref_model.graph, cand_model.graph,
                                   lambda n: _same(weights.get(n), cand_weights.get(n)))
-        internal = internal_tensors(cand_model.graph, changed) - plan.checked
+        # outputs of rewritten nodes that may hold another value under the reference's name: neither fed with
+        # the reference's value nor compared with it
+        unsure = internal_tensors(cand_model.graph, changed) - taken_over(ref_model.graph, cand_model.graph, changed)
+        internal = unsure - plan.checked
         if internal:
             plan.extra[:] = [n for n in plan.extra if n not in internal]
             plan.notes.append(f"{len(internal)} tensor(s) a fold gave another value under the same name (inside "
                               "a rewritten node pair) not compared")
-        planner = SitePlanner(ref_model.graph, cand_model.graph, internal_tensors(cand_model.graph, changed))
+        planner = SitePlanner(ref_model.graph, cand_model.graph, unsure)
         names = [n for n in plan.outputs if n not in plan.missing] + list(plan.extra)
         sites = [s for s in (planner.site(n) for n in names) if s is not None]
         return cls(LocalCheck(sites, cand_model, provider, folder, (ref_model.graph, weights)), plan)
@@ -77,10 +80,23 @@ class PerLayer:
         outputs = tuple(judged(c) for c in report.outputs)
         tensors = tuple(judged(c) for c in report.tensors)
         failing = [c.name for c in outputs + tensors if c.verdict == "fail"]
-        if not failing:
-            return replace(report, outputs=outputs, tensors=tensors)
+        if not failing:  # drift alone decides nothing: a passing verdict names no divergence
+            first = report.first_divergence if not report.passed else None
+            notes = report.notes + _unlocalised(outputs + tensors, local)
+            return replace(report, outputs=outputs, tensors=tensors, first_divergence=first, notes=notes)
         return replace(report, outputs=outputs, tensors=tensors, passed=False,
                        first_divergence=self.tensor_plan.first_divergence(failing, cand_graph))
+
+
+def _unlocalised(comparisons, local: Mapping) -> tuple[str, ...]:
+    """A note naming the tensors beyond tolerance whose node could not be recomputed alone: their error may
+    start there, which only the end-to-end figures can show."""
+    unjudged = [c.name for c in comparisons if c.verdict == "drift" and not isinstance(local.get(c.name),
+                                                                                         LocalJudgement)]
+    if not unjudged:
+        return ()
+    return (f"{len(unjudged)} tensor(s) beyond tolerance whose node could not be recomputed alone (first: "
+            f"{unjudged[0]!r}) were judged end to end only: a divergence may start there",)
 
 
 def _same(a: np.ndarray | None, b: np.ndarray | None) -> bool:

@@ -69,6 +69,8 @@ def test_cli_exit_codes_for_nothing_comparable_and_unusable_inputs(tmp_path):
     args = ["verify", str(tmp_path / "ref.onnx"), str(tmp_path / "bad.onnx")]
     empty = CliRunner().invoke(cli, [*args, "--input-shape", "x:0x3x8x8"])
     assert empty.exit_code == ExitCode.FAILED and "nothing comparable" in empty.output
+    rows = [line for line in empty.output.splitlines() if "0/0" in line]
+    assert rows and all(line.endswith("empty") for line in rows), empty.output  # not "ok" beside a FAIL
     overflow = CliRunner().invoke(cli, [*args, "--range", "0,1e308"])
     assert overflow.exit_code == ExitCode.MODEL_ERROR and "unusable inputs" in overflow.output
     assert "Warning" not in overflow.stderr, overflow.stderr  # one Error line, no numpy overflow warning
