@@ -21,7 +21,7 @@ import onnx
 from bnfold.fold.driver import AppliedFold
 from bnfold.report import ReportMixin
 from bnfold.verification.bound import LocalJudgement
-from bnfold.verification.local_check import LocalCheck
+from bnfold.verification.local_chunks import PiecewiseLocalCheck
 from bnfold.verification.local_sites import Site, SitePlanner, changed_tensors, internal_tensors
 from bnfold.verification.ref_path import ReferenceWeights
 
@@ -73,7 +73,7 @@ class FoldChecker:
         for fold in self.applied:  # absorbed by a later fold into the same node: proven by its site
             if fold.graph == "main" and fold.key not in self.site_of and fold.target in by_target:
                 self.site_of[fold.key] = by_target[fold.target]
-        self.local = LocalCheck(list(sites.values()), candidate, provider, external_folder,
+        self.local = PiecewiseLocalCheck(list(sites.values()), candidate, provider, external_folder,
                                 (ref_graph, ref_weights) if ref_weights is not None else None)
 
     @property
