@@ -76,3 +76,26 @@ def test_fp16_bn_conv_fold_is_judged_locally_and_a_fault_in_it_is_named():
     broken = bnfold.verify(model, _scaled_channel(folded.model, "conv", 3, 1.01), per_layer=True)
     assert not broken.passed
     assert broken.first_divergence["tensor"] == conv.output[0]
+
+
+def _conv_bn_activation(seed: int, op: str) -> onnx.ModelProto:
+    """x -> Conv -> BN -> op, float16 compute with float32 I/O: onnxruntime runs BN and op in float32."""
+    b = GraphBuilder(seed=seed)
+    x = b.input("x", [1, 8, 16, 16])
+    h = b.bn(b.conv(x, 32, name="c", pads=[1] * 4), name="bn")
+    b.output(b.node(op, [h], name="act", **(dict(alpha=1 / 6, beta=0.5) if op == "HardSigmoid" else {})))
+    return to_float16_keep_io(b.build())
+
+
+@pytest.mark.parametrize("op", ["HardSigmoid", "Sigmoid"])
+def test_fp16_activation_on_a_rounded_input_is_not_a_false_divergence(op):
+    """Regression (MobileNetV3 paddle2onnx -> float16 keep-io, 14 HardSigmoids named at 1.0-1.28x): recomputed
+    on the exposed float16 value of an input onnxruntime kept in float32, the result may round the other way
+    (1 float16 step, up to 2 u|y|); the allowance is 2.5 u per side, so at most 0.8 of it."""
+    worst = 0.0
+    for seed in range(6):
+        model = _conv_bn_activation(seed, op)
+        check = bnfold.verify(model, bnfold.optimize(model, verify=False).model, per_layer=True)
+        assert check.passed, (seed, check.summary())
+        worst = max(worst, *(t.local_error_vs_tolerance or 0.0 for t in check.outputs + check.tensors))
+    assert 0.0 < worst <= 0.8
