@@ -1,6 +1,11 @@
 """How well verification tells correct folds from faulty ones: every corpus model and every deep models/ builder.
 
     .venv/bin/python benchmarks/verify_report.py [--corpus DIR] [--only SUBSTR,...] [--no-mutants] [--large]
+        [--fp16io] [--out FILE]
+
+``--fp16io`` converts each corpus model as users do, with onnxconverter-common's
+``convert_float_to_float16(keep_io_types=True)`` (install it for that; rows read "(fp16 keep-io)", and
+``--only keep-io`` keeps just those).
 
 For each model (``../shared/corpus/*.onnx``, ``../shared/corpus/exporters/*.onnx``, and ``models.DEEP_NAMES``:
 ResNet-101, DenseNet-201, 3-D U-Net, each fp32 and fp16-compute/fp32-I/O):
@@ -144,12 +149,26 @@ def measure(name: str, model: onnx.ModelProto, *, mutants: bool, rounds: int) ->
     return row
 
 
-def _sources(corpus: Path, large: bool):
+def _sources(corpus: Path, large: bool, fp16io: bool = False):
+    convert = _fp16io_converter() if fp16io else None
     for path in (sorted(corpus.glob("*.onnx")) + sorted((corpus / "exporters").glob("*.onnx"))
                  if corpus.is_dir() else []):
-        yield str(path.relative_to(corpus)), lambda p=path: onnx.load(p)
+        if convert is None:
+            yield str(path.relative_to(corpus)), lambda p=path: onnx.load(p)
+        elif "fp16" not in path.name:  # already float16
+            yield f"{path.relative_to(corpus)} (fp16 keep-io)", lambda p=path: convert(onnx.load(p))
     for name in models.DEEP_NAMES:
         yield f"models:{name}" + (" (large)" if large else ""), lambda n=name: models.build(n, large=large)
+
+
+def _fp16io_converter():
+    """onnxconverter-common's float16 conversion with float32 I/O, as users run it (not a dependency: install
+    it to use ``--fp16io``)."""
+    try:
+        from onnxconverter_common import float16
+    except ImportError:
+        raise SystemExit("--fp16io needs onnxconverter-common (pip install onnxconverter-common)") from None
+    return lambda model: float16.convert_float_to_float16(model, keep_io_types=True)
 
 
 def _ratio(a: float, b: float) -> str:
@@ -193,18 +212,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-mutants", action="store_true")
     parser.add_argument("--large", action="store_true", help="deep builders at their published widths")
     parser.add_argument("--rounds", type=int, default=3, help="timing runs per figure (median)")
+    parser.add_argument("--fp16io", action="store_true",
+                        help="each corpus model converted by onnxconverter-common (float16, keep_io_types=True)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help=f"markdown written here (default {RESULTS})")
     args = parser.parse_args(argv)
     keep = [s for s in (args.only or "").split(",") if s]
     rows = []
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    for name, load in _sources(args.corpus, args.large):
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for name, load in _sources(args.corpus, args.large, args.fp16io):
         if keep and not any(k in name for k in keep):
             continue
         rows.append(measure(name, load(), mutants=not args.no_mutants, rounds=args.rounds))
         print(f"measured {name}", file=sys.stderr, flush=True)
-        RESULTS.write_text(render(rows, not args.no_mutants))  # so far: a long run leaves what it measured
+        args.out.write_text(render(rows, not args.no_mutants))  # so far: a long run leaves what it measured
     text = render(rows, not args.no_mutants)
-    RESULTS.write_text(text)
+    args.out.write_text(text)
     print(text)
     return 0
 

@@ -25,13 +25,12 @@ from bnfold.verification.local_sites import (
     bias_of,
     constant_tensors,
     lift,
-    magnitude_name,
-    magnitude_twin,
     reduction_length,
     spread_name,
     twin_nodes,
     window_twin,
 )
+from bnfold.verification.magnitude_twins import magnitude_name, magnitude_twin
 from bnfold.verification.ref_path import ReferenceWeights, carried, constant_terms, intermediates, reference_path
 
 

@@ -215,63 +215,6 @@ def taken_over(ref_graph: onnx.GraphProto, cand_graph: onnx.GraphProto, changed:
             if out in changed and out in ref_op and ref_op[out] != node.op_type}
 
 
-# Element-wise and data-movement ops whose magnitude twin is the op itself on |inputs| (Sub: Add), and ops
-# whose output error is at most their input's (gain <= 1): their twin is |input|.
-SAME_OP_TWIN = {"Add", "Sub", "Mul", "Div", "Relu", "LeakyRelu", "MaxPool", "AveragePool", "GlobalAveragePool",
-                "GlobalMaxPool", "Concat", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity",
-                "Sum", "Mean", "Max", "Min", "ReduceMean", "ReduceSum", "ReduceMax", "Resize", "Upsample", "Pad",
-                "Slice", "Tile", "Expand", "DepthToSpace", "SpaceToDepth"}
-GAIN_ONE = {"Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Softmax", "Clip", "Erf", "Gelu", "Softplus"}
-
-
-def magnitude_name(output: str) -> str:
-    return output + "@magnitude"
-
-
-def magnitude_twin(site: Site, float_inputs: set[str]) -> list[onnx.NodeProto]:
-    """For a one-node element-wise site: nodes computing the magnitude its fed inputs' rounding can reach at
-    the output (the op on |inputs|; BatchNormalization: ``|scale * x| / sqrt(var + eps)``), into
-    ``magnitude_name``. Exposed float16 tensors are rounded copies of what onnxruntime keeps in float32 between
-    float16 nodes it runs in float32 (BatchNormalization after a pool or Relu), so this rounding is real."""
-    if len(site.nodes) != 1 or site.linear is not None:
-        return []
-    node = site.nodes[0]
-    if node.output[0] != site.output:
-        return []
-    out = magnitude_name(site.output)
-    if node.op_type == "BatchNormalization":
-        return _batchnorm_twin(node, out) if node.input[0] in float_inputs and node.input[0] in site.fed else []
-    if node.op_type not in SAME_OP_TWIN | GAIN_ONE:
-        return []
-    nodes, inputs = [], []
-    for i, name in enumerate(node.input):
-        if name in float_inputs and name in site.fed:
-            nodes.append(helper.make_node("Abs", [name], [f"{out}/abs{i}"]))
-            inputs.append(f"{out}/abs{i}")
-        else:
-            inputs.append(name)
-    if not nodes:
-        return []
-    if node.op_type in GAIN_ONE:
-        return [nodes[0], helper.make_node("Identity", [inputs[0]], [out])]
-    twin = helper.make_node("Add" if node.op_type == "Sub" else node.op_type, inputs, [out])
-    twin.attribute.extend(node.attribute)
-    return nodes + [twin]
-
-
-def _batchnorm_twin(node: onnx.NodeProto, out: str) -> list[onnx.NodeProto]:
-    """``|scale| * |x| / sqrt(var + eps)``: where the rounding of BatchNormalization's fed input reaches (the
-    same node on |x| and |scale|, its bias and mean zeroed as ``B - B`` and ``mean - mean``)."""
-    x, scale, bias, mean, var = node.input[:5]
-    nodes = [helper.make_node("Abs", [x], [f"{out}/abs0"]), helper.make_node("Abs", [scale], [f"{out}/abs1"]),
-             helper.make_node("Sub", [bias, bias], [f"{out}/zero2"]),
-             helper.make_node("Sub", [mean, mean], [f"{out}/zero3"])]
-    twin = helper.make_node("BatchNormalization", [f"{out}/abs0", f"{out}/abs1", f"{out}/zero2", f"{out}/zero3", var],
-                            [out])
-    twin.attribute.extend(a for a in node.attribute if a.name == "epsilon")
-    return nodes + [twin]
-
-
 def window_twin(site: Site, weight: np.ndarray) -> tuple[list[onnx.NodeProto], dict[str, np.ndarray]]:
     """A cheaper bound on ``spread`` for a float32 Conv with group 1 (Cauchy-Schwarz:
     ``sum w^2 x^2 <= max w^2 * sum x^2``): the window sums of x^2 over all input channels (a one-output-channel

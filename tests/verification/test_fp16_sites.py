@@ -16,6 +16,8 @@ import pytest
 from onnx import numpy_helper
 
 import bnfold
+from bnfold.verification import magnitude_twins
+from bnfold.verification.bound import Arithmetic, judge
 from models.densenet import DenseNetConfig, build_densenet
 from models.fp16 import to_float16_keep_io
 from tests.builders import GraphBuilder
@@ -99,3 +101,48 @@ def test_fp16_activation_on_a_rounded_input_is_not_a_false_divergence(op):
         assert check.passed, (seed, check.summary())
         worst = max(worst, *(t.local_error_vs_tolerance or 0.0 for t in check.outputs + check.tensors))
     assert 0.0 < worst <= 0.8
+
+
+def _normalised_exp(seed: int) -> onnx.ModelProto:
+    """Conv -> BN -> x / sqrt(mean(x^2) + eps) -> exp(x / 2): Pow, Sqrt and Exp on float16 values that
+    onnxruntime keeps in float32 between them (it has no float16 kernels for them)."""
+    b = GraphBuilder(seed=seed)
+    x = b.input("x", [1, 8, 16, 16])
+    h = b.bn(b.conv(x, 32, name="c", pads=[1] * 4), name="bn")
+    var = b.node("ReduceMean", [b.node("Pow", [h, b.init(np.array(2.0, np.float32))], name="sq")], name="var",
+                 axes=[1], keepdims=1)
+    std = b.node("Sqrt", [b.node("Add", [var, b.init(np.array(1e-5, np.float32))], name="eps")], name="std")
+    half = b.node("Mul", [b.node("Div", [h, std], name="norm"), b.init(np.array(0.5, np.float32))], name="half")
+    b.output(b.node("Exp", [half], name="exp"))
+    return to_float16_keep_io(b.build())
+
+
+def _worst_correct(build, seeds=range(6)) -> tuple[list[bool], float]:
+    passed, worst = [], 0.0
+    for seed in seeds:
+        model = build(seed)
+        check = bnfold.verify(model, bnfold.optimize(model, verify=False).model, per_layer=True)
+        passed.append(check.passed)
+        worst = max(worst, *(t.local_error_vs_tolerance or 0.0 for t in check.outputs + check.tensors))
+    return passed, worst
+
+
+def test_fp16_pow_sqrt_exp_carry_their_inputs_rounding(monkeypatch):
+    """Regression (PP-OCRv4 rec -> float16 keep-io: Sqrt and four Pow named at 1.16-1.31x): their magnitude
+    twin is k|y| (Pow: |exponent|, Exp: |x|, Sqrt: 1/2), without which a correct fold fails."""
+    passed, worst = _worst_correct(_normalised_exp)
+    assert all(passed) and worst <= 0.8
+    monkeypatch.setattr(magnitude_twins, "RELATIVE_TWIN", set())
+    passed, worst = _worst_correct(_normalised_exp, seeds=range(3))
+    assert not any(passed) and worst > 1.0
+
+
+def test_fp16_subnormal_results_one_step_apart_pass_and_a_fault_does_not():
+    """Regression (PP-OCRv4 rec -> float16 keep-io, an SE conv's outputs of 8e-6 one step apart, 6x): below
+    float16's smallest normal a rounding errs by half a step (2^-25), not by u|y|."""
+    arithmetic = Arithmetic("float16", 480)
+    reference = np.array([[-8e-6, 1.0]], np.float16).reshape(1, 2, 1, 1)
+    step = np.array([[-8e-6 - 2.0 ** -24, 1.0]], np.float16).reshape(1, 2, 1, 1)
+    assert judge(reference, step, np.full_like(reference, 2.6e-6, np.float32), None, arithmetic).passed
+    fault = np.array([[-8e-6, 1.01]], np.float16).reshape(1, 2, 1, 1)
+    assert not judge(reference, fault, np.full_like(reference, 1.0, np.float32), None, arithmetic).passed
