@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from bnfold.io.external_data import expected_nbytes
 from bnfold.run.lending import LEND_MIN_BYTES
 from bnfold.run.local_eval import LocalNodes, LocalSession, local_name
 from bnfold.verification.bound import Arithmetic, LocalJudgement, channel_max, judge
@@ -55,9 +56,12 @@ class LocalCheck:
     """Judges *sites* of *candidate* on every reference sample given to :meth:`observe`."""
 
     def __init__(self, sites: Sequence[Site], candidate: onnx.ModelProto, provider: str = "cpu",
-                 external_folder: str | None = None, reference: tuple[onnx.GraphProto, ReferenceWeights] | None = None
-                 ) -> None:
+                 external_folder: str | None = None, reference: tuple[onnx.GraphProto, ReferenceWeights] | None = None,
+                 arrays: Mapping[str, np.ndarray] | None = None) -> None:
+        """*arrays*: the candidate's weights already read out (those its own session was lent), shared
+        instead of read from *candidate* a second time."""
         self.sites = list(sites)
+        self._weights: Mapping[str, np.ndarray] = arrays if arrays is not None else {}
         self.paths: dict[str, list[onnx.NodeProto]] = {}
         if reference is not None:
             graph, self.ref_weights = reference
@@ -115,13 +119,18 @@ class LocalCheck:
         tensor = next((t for t in self.candidate.graph.initializer if t.name == weight_name), None) \
             if weight_name in site.weights else None
         if data is not None and np.asarray(data).dtype == np.float32 and tensor is not None:
-            weight = numpy_helper.to_array(tensor, self.folder or "")
+            weight = self._array(tensor)
             self._arrays[weight_name] = weight
             nodes, inits = window_twin(site, weight)
             if nodes:
                 extra.update(inits)
                 return nodes
         return twin_nodes(site)
+
+    def _array(self, tensor: onnx.TensorProto) -> np.ndarray:
+        """*tensor*'s value: the candidate's array where one was handed over, else read from the proto."""
+        shared = self._weights.get(tensor.name)
+        return shared if shared is not None else numpy_helper.to_array(tensor, self.folder or "")
 
     def _internal(self, output: str, values: Mapping[str, np.ndarray], reference: np.ndarray) -> np.ndarray | None:
         """The reference's intermediate magnitudes carried to *output*, broadcastable against it."""
@@ -134,9 +143,7 @@ class LocalCheck:
             value = values.get(name)
             if value is None or value.dtype.kind != "f" or value.size == 0:
                 continue
-            magnitude = np.abs(np.where(np.isfinite(value), value, 0.0))
-            per_channel = channel_max(magnitude).ravel() if magnitude.ndim >= 2 else magnitude.max(keepdims=True)
-            terms.append(carried(path, name, per_channel, output, self.ref_weights))
+            terms.append(carried(path, name, _peak(value), output, self.ref_weights))
         for term in terms:
             total = term if total is None else (total + term if total.size == term.size or term.size == 1
                                                  or total.size == 1 else np.maximum(total.max(), term.max()))
@@ -179,12 +186,23 @@ class LocalCheck:
                 inits.setdefault(name, named)
         self._shapes = {name: tuple(t.dims) for name, t in inits.items()}
         small = {n for n, t in inits.items() if _nbytes(t) < LEND_MIN_BYTES and not _external(t)}
-        self._arrays.update({n: numpy_helper.to_array(t, self.folder or "") for n, t in inits.items()
-                             if n not in self._arrays})
+        self._arrays.update({n: self._array(t) for n, t in inits.items() if n not in self._arrays})
         lent = {n: a for n, a in self._arrays.items() if n not in small and a.dtype.kind == "f"}
         lent.update(extra)
         lifted.weights.update(extra)
         return LocalSession(lifted, outputs, inits, lent, values, self.candidate.opset_import, self.provider)
+
+
+def _peak(value: np.ndarray) -> np.ndarray:
+    """max|value| per channel (axis 1; one value below rank 2), non-finite values counted as 0: from the
+    channel's max and min, without an |value| temporary of the tensor's size unless a value is not finite."""
+    axes = (0, *range(2, value.ndim)) if value.ndim >= 2 else None
+    with np.errstate(invalid="ignore"):
+        peak = np.maximum(value.max(axis=axes), -value.min(axis=axes))
+    if not np.isfinite(peak).all():
+        magnitude = np.abs(np.where(np.isfinite(value), value, 0.0))
+        peak = channel_max(magnitude) if magnitude.ndim >= 2 else magnitude.max()
+    return np.asarray(peak, dtype=np.float64).ravel()
 
 
 def _fits(term: np.ndarray | float | None, shape: tuple[int, ...]) -> bool:
@@ -202,4 +220,8 @@ def _external(t: onnx.TensorProto) -> bool:
 
 
 def _nbytes(t: onnx.TensorProto) -> int:
-    return len(t.raw_data) if t.HasField("raw_data") else 0
+    """Size of *t*'s raw data, read from its shape (``len(t.raw_data)`` would copy the data out)."""
+    if not t.HasField("raw_data"):
+        return 0
+    expected = expected_nbytes(t)
+    return len(t.raw_data) if expected is None else expected
