@@ -33,7 +33,15 @@ from bnfold.verification.local_sites import (
     twin_nodes,
     window_twin,
 )
-from bnfold.verification.ref_path import ReferenceWeights, carried, constant_terms, intermediates, reference_path
+from bnfold.verification.ref_path import (
+    ReferenceWeights,
+    batchnorm_inverse,
+    carried,
+    constant_terms,
+    intermediates,
+    inverted_peak,
+    reference_path,
+)
 
 
 @dataclass
@@ -63,11 +71,15 @@ class LocalCheck:
         self.sites = list(sites)
         self._weights: Mapping[str, np.ndarray] = arrays if arrays is not None else {}
         self.paths: dict[str, list[onnx.NodeProto]] = {}
+        self.inverse: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
         if reference is not None:
             graph, self.ref_weights = reference
             producer = {o: n for n in graph.node for o in n.output if o}
             inits = {t.name for t in graph.initializer} | set(constant_tensors(graph))
             self.paths = {s.output: reference_path(producer, s.output, s.fed, inits) for s in self.sites}
+        # intermediates whose magnitude follows from the site's output (a BatchNormalization's input): not captured
+        self.inverse = {(out, t): inv for out, path in self.paths.items() for t in intermediates(path, out)
+                        if (inv := batchnorm_inverse(path, out, t, self.ref_weights)) is not None}
         self.candidate, self.provider, self.folder = candidate, provider, external_folder
         self.worst: dict[str, _Worst] = {s.output: _Worst() for s in self.sites}
         self._session: LocalSession | None = None
@@ -77,7 +89,8 @@ class LocalCheck:
     def capture(self) -> list[str]:
         """Reference tensors to capture: the sites' inputs and their outputs."""
         names = {n for s in self.sites for n in s.fed} | {s.output for s in self.sites}
-        names |= {t for s in self.sites for t in intermediates(self.paths.get(s.output, []), s.output)}
+        names |= {t for s in self.sites for t in intermediates(self.paths.get(s.output, []), s.output)
+                  if (s.output, t) not in self.inverse}
         return sorted(names)
 
     def observe(self, values: Mapping[str, np.ndarray]) -> None:
@@ -140,6 +153,10 @@ class LocalCheck:
         total: np.ndarray | None = None
         terms = constant_terms(path, output, self.ref_weights)
         for name in intermediates(path, output):
+            inverse = self.inverse.get((output, name))
+            if inverse is not None:
+                terms.append(carried(path, name, inverted_peak(inverse, reference), output, self.ref_weights))
+                continue
             value = values.get(name)
             if value is None or value.dtype.kind != "f" or value.size == 0:
                 continue
