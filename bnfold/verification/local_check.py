@@ -123,6 +123,8 @@ class LocalCheck:
                 self.worst[site.output].failed_to_run = "the site joins several layers; judged by the outputs"
                 continue
             self.worst[site.output].add(judge(reference, candidate, spread, bias, arithmetic, internal, inputs))
+            for name in (local_name(site.output), spread_name(site.output), magnitude_name(site.output)):
+                local.pop(name, None)  # judged: its local values go now, not with the last site's
 
     def _twin(self, site: Site, values: Mapping[str, np.ndarray], extra: dict[str, np.ndarray]) -> list:
         """The spread's nodes: the window bound for float32 Conv (cheap), else the exact twin."""
@@ -170,6 +172,10 @@ class LocalCheck:
         if total.size == channels and reference.ndim >= 2:
             return total.reshape((1, channels) + (1,) * (reference.ndim - 2))
         return np.asarray(total.max())
+
+    def release(self) -> None:
+        """Drop the local model's session (and the memory its run holds); a later :meth:`observe` rebuilds it."""
+        self._session = None
 
     def verdicts(self) -> dict[str, LocalJudgement | str]:
         """For each site's output: its worst judgement, or why it could not be judged."""

@@ -71,6 +71,7 @@ def test_fold_checks_capture_no_batchnorm_input_and_nothing_after_the_first_samp
     checker.observe({**feed, **dict(zip(checker.capture, create_session(
         model, extra_outputs=checker.capture).run(checker.capture, feed), strict=True))})
     assert checker.capture == [] and [c.passed for c in checker.results()] == [True]
+    assert checker.local._session is None  # the local model's session (and its arena) went after judging
 
 
 def test_shared_candidate_arrays_are_the_ones_judged():
