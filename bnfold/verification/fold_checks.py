@@ -89,7 +89,6 @@ class FoldChecker:
         if not self._seen:
             self._seen = True
             self.local.observe(values)
-            self.local.release()  # before the candidate runs: its arena is not needed again
 
     def results(self) -> list[FoldCheck]:
         verdicts = self.local.verdicts()

@@ -67,7 +67,9 @@ class LocalCheck:
                  external_folder: str | None = None, reference: tuple[onnx.GraphProto, ReferenceWeights] | None = None,
                  arrays: Mapping[str, np.ndarray] | None = None) -> None:
         """*arrays*: the candidate's weights already read out (those its own session was lent), shared
-        instead of read from *candidate* a second time."""
+        instead of read from *candidate* a second time. The local model's session is dropped after each
+        :meth:`observe` (both callers observe one sample); set ``keep_session`` to keep it for more."""
+        self.keep_session = False
         self.sites = list(sites)
         self._weights: Mapping[str, np.ndarray] = arrays if arrays is not None else {}
         self.paths: dict[str, list[onnx.NodeProto]] = {}
@@ -101,6 +103,8 @@ class LocalCheck:
             if self._session is None:
                 self._session = self._build(values)
             local = self._session.run(values)
+            if not self.keep_session:
+                self._session = None  # its arena goes before the caller's next run, not with the check
         except Exception as exc:  # onnxruntime's pybind11 errors, or a model it refuses (ModelLoadError)
             message = " ".join(str(exc).split())[:300]
             for w in self.worst.values():
@@ -172,10 +176,6 @@ class LocalCheck:
         if total.size == channels and reference.ndim >= 2:
             return total.reshape((1, channels) + (1,) * (reference.ndim - 2))
         return np.asarray(total.max())
-
-    def release(self) -> None:
-        """Drop the local model's session (and the memory its run holds); a later :meth:`observe` rebuilds it."""
-        self._session = None
 
     def verdicts(self) -> dict[str, LocalJudgement | str]:
         """For each site's output: its worst judgement, or why it could not be judged."""
