@@ -43,6 +43,8 @@ from bnfold.verification.ref_path import (
     reference_path,
 )
 
+LOCAL_GROUP_BYTES = 16 * 2**20  # reference output bytes of the sites one local model recomputes
+
 
 @dataclass
 class _Worst:
@@ -67,9 +69,11 @@ class LocalCheck:
                  external_folder: str | None = None, reference: tuple[onnx.GraphProto, ReferenceWeights] | None = None,
                  arrays: Mapping[str, np.ndarray] | None = None) -> None:
         """*arrays*: the candidate's weights already read out (those its own session was lent), shared
-        instead of read from *candidate* a second time. The local model's session is dropped after each
-        :meth:`observe` (both callers observe one sample); set ``keep_session`` to keep it for more."""
+        instead of read from *candidate* a second time. The local models' sessions are dropped after each
+        :meth:`observe` (both callers observe one sample); set ``keep_session`` to keep them for more."""
         self.keep_session = False
+        self._groups: list[list[Site]] | None = None
+        self._built: dict[int, _Built] = {}
         self.sites = list(sites)
         self._weights: Mapping[str, np.ndarray] = arrays if arrays is not None else {}
         self.paths: dict[str, list[onnx.NodeProto]] = {}
@@ -84,8 +88,6 @@ class LocalCheck:
                         if (inv := batchnorm_inverse(path, out, t, self.ref_weights)) is not None}
         self.candidate, self.provider, self.folder = candidate, provider, external_folder
         self.worst: dict[str, _Worst] = {s.output: _Worst() for s in self.sites}
-        self._session: LocalSession | None = None
-        self._arrays: dict[str, np.ndarray] = {}
 
     @property
     def capture(self) -> list[str]:
@@ -96,41 +98,56 @@ class LocalCheck:
         return sorted(names)
 
     def observe(self, values: Mapping[str, np.ndarray]) -> None:
-        """Judge every site on one sample's reference *values* (which include graph inputs)."""
+        """Judge every site on one sample's reference *values* (which include graph inputs), in groups of
+        sites whose outputs hold at most LOCAL_GROUP_BYTES (one local model each, judged and dropped before
+        the next runs), so the local values alive at a time stay a fraction of the model's activations."""
         if not self.sites:
             return
+        if self._groups is None:
+            self._groups = _grouped(self.sites, values)
+        for index, sites in enumerate(self._groups):
+            self._observe_group(index, sites, values)
+
+    def _observe_group(self, index: int, sites: list[Site], values: Mapping[str, np.ndarray]) -> None:
+        built = self._built.get(index)
         try:
-            if self._session is None:
-                self._session = self._build(values)
-            local = self._session.run(values)
-            if not self.keep_session:
-                self._session = None  # its arena goes before the caller's next run, not with the check
+            if built is None:
+                built = self._build(sites, values)
+            local = built.session.run(values)
         except Exception as exc:  # onnxruntime's pybind11 errors, or a model it refuses (ModelLoadError)
             message = " ".join(str(exc).split())[:300]
-            for w in self.worst.values():
+            for site in sites:
+                w = self.worst[site.output]
                 w.failed_to_run = w.failed_to_run or message
             return
-        for site in self.sites:
-            reference = values[site.output]
-            candidate = local[local_name(site.output)]
-            if reference.shape != candidate.shape or reference.dtype.kind != "f":
-                self.worst[site.output].failed_to_run = "shape or dtype differs from the reference"
-                continue
-            spread = local.get(spread_name(site.output))
-            arithmetic = Arithmetic(reference.dtype.name, reduction_length(site, self._shapes))
-            bias = bias_of(site, self._arrays, reference.ndim)
-            internal = self._internal(site.output, values, reference)
-            inputs = local.get(magnitude_name(site.output))
-            if not all(_fits(term, reference.shape) for term in (spread, bias, internal)):
-                # the bound describes one linear layer; a site that joins several (a Concat of folded
-                # producers, say) has per-segment terms that don't cover its output: the outputs judge it
-                self.worst[site.output].failed_to_run = "the site joins several layers; judged by the outputs"
-                continue
-            self.worst[site.output].add(judge(reference, candidate, spread, bias, arithmetic, internal, inputs))
+        if self.keep_session:
+            self._built[index] = built
+        for site in sites:
+            self._judge(site, values, local, built)
             for name in (local_name(site.output), spread_name(site.output), magnitude_name(site.output)):
                 local.pop(name, None)  # judged: its local values go now, not with the last site's
 
-    def _twin(self, site: Site, values: Mapping[str, np.ndarray], extra: dict[str, np.ndarray]) -> list:
+    def _judge(self, site: Site, values: Mapping[str, np.ndarray], local: Mapping[str, np.ndarray],
+               built: _Built) -> None:
+        reference = values[site.output]
+        candidate = local[local_name(site.output)]
+        if reference.shape != candidate.shape or reference.dtype.kind != "f":
+            self.worst[site.output].failed_to_run = "shape or dtype differs from the reference"
+            return
+        spread = local.get(spread_name(site.output))
+        arithmetic = Arithmetic(reference.dtype.name, reduction_length(site, built.shapes))
+        bias = bias_of(site, built.arrays, reference.ndim)
+        internal = self._internal(site.output, values, reference)
+        inputs = local.get(magnitude_name(site.output))
+        if not all(_fits(term, reference.shape) for term in (spread, bias, internal)):
+            # the bound describes one linear layer; a site that joins several (a Concat of folded
+            # producers, say) has per-segment terms that don't cover its output: the outputs judge it
+            self.worst[site.output].failed_to_run = "the site joins several layers; judged by the outputs"
+            return
+        self.worst[site.output].add(judge(reference, candidate, spread, bias, arithmetic, internal, inputs))
+
+    def _twin(self, site: Site, values: Mapping[str, np.ndarray], extra: dict[str, np.ndarray],
+              arrays: dict[str, np.ndarray]) -> list:
         """The spread's nodes: the window bound for float32 Conv (cheap), else the exact twin."""
         linear = site.linear
         data = values.get(linear.input[0]) if linear is not None else None
@@ -139,7 +156,7 @@ class LocalCheck:
             if weight_name in site.weights else None
         if data is not None and np.asarray(data).dtype == np.float32 and tensor is not None:
             weight = self._array(tensor)
-            self._arrays[weight_name] = weight
+            arrays[weight_name] = weight
             nodes, inits = window_twin(site, weight)
             if nodes:
                 extra.update(inits)
@@ -184,14 +201,14 @@ class LocalCheck:
             out[name] = w.failed_to_run if w.failed_to_run else (w.judgement or "not run")
         return out
 
-    def _build(self, values: Mapping[str, np.ndarray]) -> LocalSession:
+    def _build(self, sites: list[Site], values: Mapping[str, np.ndarray]) -> _Built:
         lifted = LocalNodes()
         outputs: list[str] = []
         extra: dict[str, np.ndarray] = {}  # initializers the twins add
-        self._arrays = {}
-        for site in self.sites:
+        arrays: dict[str, np.ndarray] = {}
+        for site in sites:
             lift(site, lifted)
-            lifted.extend(self._twin(site, values, extra))
+            lifted.extend(self._twin(site, values, extra, arrays))
             outputs.append(local_name(site.output))
             if site.linear is not None:
                 outputs.append(spread_name(site.output))
@@ -201,19 +218,44 @@ class LocalCheck:
                 lifted.extend(twin)
                 outputs.append(magnitude_name(site.output))
         inits = {t.name: t for t in self.candidate.graph.initializer if t.name in lifted.weights}
-        for site in self.sites:
+        for site in sites:
             for name, tensor in site.constants.items():
                 named = onnx.TensorProto()
                 named.CopyFrom(tensor)
                 named.name = name
                 inits.setdefault(name, named)
-        self._shapes = {name: tuple(t.dims) for name, t in inits.items()}
         small = {n for n, t in inits.items() if _nbytes(t) < LEND_MIN_BYTES and not _external(t)}
-        self._arrays.update({n: self._array(t) for n, t in inits.items() if n not in self._arrays})
-        lent = {n: a for n, a in self._arrays.items() if n not in small and a.dtype.kind == "f"}
+        arrays.update({n: self._array(t) for n, t in inits.items() if n not in arrays})
+        lent = {n: a for n, a in arrays.items() if n not in small and a.dtype.kind == "f"}
         lent.update(extra)
         lifted.weights.update(extra)
-        return LocalSession(lifted, outputs, inits, lent, values, self.candidate.opset_import, self.provider)
+        session = LocalSession(lifted, outputs, inits, lent, values, self.candidate.opset_import, self.provider)
+        return _Built(session, {name: tuple(t.dims) for name, t in inits.items()}, arrays)
+
+
+@dataclass
+class _Built:
+    """One group's local model: its session, and the shapes and values of the weights it reads."""
+
+    session: LocalSession
+    shapes: dict[str, tuple[int, ...]]
+    arrays: dict[str, np.ndarray]
+
+
+def _grouped(sites: list[Site], values: Mapping[str, np.ndarray]) -> list[list[Site]]:
+    """*sites* in order, cut into groups whose reference outputs hold at most LOCAL_GROUP_BYTES (a group
+    holds one site at least)."""
+    groups: list[list[Site]] = [[]]
+    size = 0
+    for site in sites:
+        value = values.get(site.output)
+        nbytes = value.nbytes if isinstance(value, np.ndarray) else 0
+        if groups[-1] and size + nbytes > LOCAL_GROUP_BYTES:
+            groups.append([])
+            size = 0
+        groups[-1].append(site)
+        size += nbytes
+    return groups
 
 
 def _peak(value: np.ndarray) -> np.ndarray:

@@ -71,7 +71,7 @@ def test_fold_checks_capture_no_batchnorm_input_and_nothing_after_the_first_samp
     checker.observe({**feed, **dict(zip(checker.capture, create_session(
         model, extra_outputs=checker.capture).run(checker.capture, feed), strict=True))})
     assert checker.capture == [] and [c.passed for c in checker.results()] == [True]
-    assert checker.local._session is None  # the local model's session (and its arena) went after judging
+    assert checker.local._built == {}  # the local models' sessions (and their arenas) went after judging
 
 
 def test_shared_candidate_arrays_are_the_ones_judged():
@@ -87,3 +87,21 @@ def test_shared_candidate_arrays_are_the_ones_judged():
     checker.observe({**feed, **dict(zip(checker.capture, create_session(
         model, extra_outputs=checker.capture).run(checker.capture, feed), strict=True))})
     assert [c.passed for c in checker.results()] == [False]
+
+
+def test_sites_judged_in_groups_get_the_verdicts_of_one_local_model(monkeypatch):
+    """LOCAL_GROUP_BYTES bounds the local values alive at a time; the grouping changes no verdict."""
+    import bnfold.verification.local_check as local_check
+    from tests.verification.deep_models import deep_chain
+
+    model = deep_chain(6)
+    whole = optimize(model).report.checks
+    monkeypatch.setattr(local_check, "LOCAL_GROUP_BYTES", 1)  # one site per local model
+    built = []
+    build = local_check.LocalCheck._build
+    monkeypatch.setattr(local_check.LocalCheck, "_build", lambda self, sites, values: built.append(len(sites))
+                        or build(self, sites, values))
+    grouped = optimize(model).report.checks
+    assert built == [1] * 6
+    assert len(whole) == 6 and all(c.checked_by == "local" and c.passed for c in grouped)
+    assert [c.error_vs_tolerance for c in grouped] == [c.error_vs_tolerance for c in whole]
