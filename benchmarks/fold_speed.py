@@ -85,6 +85,19 @@ VARIANTS = (
 PEERS = ("onnxoptimizer", "onnxslim", "onnxsim")
 
 
+def _verify_child(per_layer: bool):
+    """verify(SOURCE, OUTPUT) in a measuring child: OUTPUT is the candidate (bnfold's fold), not written."""
+    def setup() -> m.Runner:
+        from bnfold.verification.verifier import verify
+
+        return lambda src, candidate: {"passed": verify(str(src), str(candidate), per_layer=per_layer).passed}
+    return setup
+
+
+VERIFY_CHILDREN = (m.Variant("verify", "verify", _verify_child(False)),
+                   m.Variant("verify_per_layer", "verify --per-layer", _verify_child(True)))
+
+
 def _build_models(folder: Path) -> tuple[Path, Path]:
     """The measured ResNet-50 (large) and the small one the fresh processes warm up on."""
     import onnx
@@ -182,9 +195,12 @@ def _measure_all(args: argparse.Namespace, folder: Path) -> dict:
     ort = _ort_inference(source, args.rounds)
     m.log("verify vs verify --per-layer ...")
     per_layer = _per_layer_cost(source, folder / "bnfold.onnx", args.rounds) if "bnfold" in keys else None
+    verify_peaks = {} if per_layer is None or args.fresh_rounds == 0 else {
+        v.key: m.measure_in_child(Path(__file__), v.key, source, folder / "bnfold.onnx", fresh_output=False)
+        for v in VERIFY_CHILDREN}
     breakdown = "" if args.no_profile else _breakdown(source, folder)
     return dict(skipped=skipped, times=times, fresh=fresh, facts=facts, ort=ort, breakdown=breakdown,
-                per_layer=per_layer,
+                per_layer=per_layer, verify_peaks=verify_peaks,
                 source_size=source.stat().st_size, rounds=args.rounds, fresh_rounds=args.fresh_rounds)
 
 
@@ -228,6 +244,7 @@ def _render(r: dict) -> str:
         f"onnxruntime (graph optimisations disabled, batch 1, as verification runs it; one process): session "
         f"creation {creation:.3f} s, one inference {inference:.3f} s (medians of {r['rounds']}).",
         "",
+        *_peak_lines(r.get("verify_peaks") or {}),
         "## Targets",
         "",
         m.markdown_table(("target", "measured", "limit", "verdict"), t.targets(r)),
@@ -235,6 +252,15 @@ def _render(r: dict) -> str:
     if r["breakdown"]:
         parts += ["", "## Where bnfold's time goes (one profiled run of each, one process)", "", r["breakdown"]]
     return "\n".join(parts) + "\n"
+
+
+def _peak_lines(peaks: dict) -> list[str]:
+    """Peak RSS of verify and verify --per-layer (ResNet-50 against bnfold's fold), each in a fresh process."""
+    if not peaks:
+        return []
+    figures = ", ".join(f"{v.label} {m.mib(peaks[v.key].peak)} MiB ({peaks[v.key].seconds:.2f} s)"
+                        for v in VERIFY_CHILDREN if v.key in peaks)
+    return [f"Peak RSS in a fresh process (VmHWM, imports included; one run each): {figures}.", ""]
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -253,7 +279,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     if args.child:
-        m.child_main(VARIANTS, args.child)
+        m.child_main(VERIFY_CHILDREN if args.child[0].startswith("verify") else VARIANTS, args.child)
         return 0
     if args.rounds < 1 or args.fresh_rounds < 0:
         raise SystemExit("--rounds must be >= 1 and --fresh-rounds >= 0")

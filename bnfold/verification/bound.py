@@ -107,30 +107,52 @@ def local_tolerance(reference: np.ndarray, spread: np.ndarray | None, bias: np.n
     channel (:mod:`bnfold.verification.ref_path`), added to the level like max|y|; *inputs*: per element,
     what the rounding of an element-wise node's inputs can reach at its output (the node on |inputs|)."""
     work = _work_dtype(reference)
-    r = np.abs(np.asarray(reference, dtype=work))
+    magnitude = np.asarray(np.abs(np.asarray(reference, dtype=work)))  # an array even for a 0-d tensor
+    return _tolerance(magnitude, spread, bias, arithmetic, internal, inputs)
+
+
+def _tolerance(magnitude: np.ndarray, spread: np.ndarray | None, bias: np.ndarray | None, arithmetic: Arithmetic,
+               internal: np.ndarray | float | None, inputs: np.ndarray | None) -> np.ndarray:
+    """:func:`local_tolerance` from ``|reference|`` (in its work dtype), whose buffer becomes the result:
+    two passes over the tensor's size for a linear layer's terms, one for the per-channel ones."""
+    work = magnitude.dtype.type
     u_c, u_acc = unit_roundoff(arithmetic.compute), unit_roundoff(arithmetic.accumulate)
     regime = "narrow" if u_acc < u_c else "same"
     a, b = A_RESULT[regime], B_WEIGHTS[regime]
     if inputs is not None:
         a = max(a, A_ROUNDED_INPUT)
-    level = channel_max(r)
+    level = channel_max(magnitude)
     if bias is not None:
-        level = level + channel_max(np.abs(np.asarray(bias, dtype=np.float64)) + np.zeros((1,) + r.shape[1:]))
+        level = level + _bias_level(bias, magnitude.shape)
     if internal is not None:
         level = level + np.asarray(internal, dtype=np.float64)
-    tol = np.empty(r.shape, dtype=work)
     # each rounding of a subnormal result or weight errs absolutely (up to half a step): an SE block's float16
     # conv outputs of 8e-6 differed by one step, 6x the relative terms (PP-OCRv4 rec, onnxconverter-common)
-    tol[...] = u_c * a * level + (a + b) * smallest_step(arithmetic.compute)
-    if inputs is not None and np.shape(inputs) == r.shape:
-        tol += np.abs(np.asarray(inputs, dtype=work)) * work(u_c * a)
+    per_channel = u_c * a * level + (a + b) * smallest_step(arithmetic.compute)
+    tol = magnitude
     if spread is not None:
         accumulate = ACC_FACTOR * u_acc * (ACC_BASE + math.sqrt(arithmetic.reduction))
-        tol += np.asarray(spread, dtype=work) * work(u_c * b + accumulate)
-        tol += r * work(accumulate)  # the partial sums' drift: a sum of like-signed terms reaches |y - bias|
+        tol *= work(accumulate)  # the partial sums' drift: a sum of like-signed terms reaches |y - bias|
+        tol += np.multiply(spread, work(u_c * b + accumulate), dtype=work)
         if bias is not None:
-            tol += np.abs(np.asarray(bias, dtype=work)) * work(accumulate)
+            per_channel = per_channel + np.abs(np.asarray(bias, dtype=np.float64)) * accumulate
+    else:
+        tol[...] = 0
+    tol += per_channel
+    if inputs is not None and np.shape(inputs) == tol.shape:
+        tol += np.abs(np.asarray(inputs, dtype=work)) * work(u_c * a)
     return tol
+
+
+def _bias_level(bias: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """max|bias| per channel of a tensor of *shape* (broadcastable against it), without broadcasting the
+    bias over a whole sample where it varies per channel only."""
+    b = np.abs(np.asarray(bias, dtype=np.float64))
+    if b.size and b.ndim <= len(shape):
+        b = b.reshape((1,) * (len(shape) - b.ndim) + b.shape)
+        if all(d in (1, s) for d, s in zip(b.shape[1:], shape[1:], strict=True)):
+            return channel_max(b)
+    return channel_max(b + np.zeros((1,) + tuple(shape[1:])))
 
 
 def _work_dtype(array: np.ndarray):
@@ -154,23 +176,26 @@ def judge(reference: np.ndarray, candidate: np.ndarray, spread: np.ndarray | Non
           arithmetic: Arithmetic, internal: np.ndarray | float | None = None,
           inputs: np.ndarray | None = None) -> LocalJudgement:
     """Compare *candidate* with *reference* (same input, same layer) under :func:`local_tolerance`.
-    Written for few passes over big tensors: one sum proves both finite, the common case."""
+    Written for few passes over big tensors: a finite max error and magnitude prove both finite, the common case."""
     work = _work_dtype(reference)
     r = np.asarray(reference).astype(work, copy=False)
     c = np.asarray(candidate).astype(work, copy=False)
     with np.errstate(invalid="ignore", over="ignore"):
-        error = np.asarray(np.abs(c - r))  # an array even for a 0-d tensor (numpy hands back a scalar)
-        finite = math.isfinite(float(error.sum(dtype=np.float64))) and math.isfinite(float(r.sum(dtype=np.float64)))
+        error = np.asarray(np.subtract(c, r))  # arrays even for a 0-d tensor (numpy hands back scalars)
+        np.abs(error, out=error)
+        magnitudes = np.asarray(np.abs(r))
+        max_error = float(error.max()) if error.size else 0.0  # max propagates NaN: finite proves both finite
+        magnitude = float(magnitudes.max()) if r.size else 0.0
     mismatch, compared = 0, r.size
-    if not finite:
+    if not (math.isfinite(max_error) and math.isfinite(magnitude)):
         ok = np.isfinite(r) & np.isfinite(c)
         odd = ~ok
         same = (r[odd] == c[odd]) | (np.isnan(r[odd]) & np.isnan(c[odd]))
         mismatch, compared = int(np.count_nonzero(~same)), int(np.count_nonzero(ok))
-        r, error = np.where(ok, r, 0).astype(work), np.where(ok, error, 0).astype(work)
-    max_error = float(error.max()) if error.size else 0.0
-    magnitude = float(np.abs(r).max()) if r.size else 0.0
-    tol = local_tolerance(r, spread, bias, arithmetic, internal, inputs)
+        magnitudes, error = np.where(ok, magnitudes, 0).astype(work), np.where(ok, error, 0).astype(work)
+        max_error = float(error.max()) if error.size else 0.0
+        magnitude = float(magnitudes.max()) if r.size else 0.0
+    tol = _tolerance(magnitudes, spread, bias, arithmetic, internal, inputs)
     np.maximum(tol, np.finfo(work).tiny, out=tol)
     np.divide(error, tol, out=error)
     worst = float(error.max()) if error.size else 0.0

@@ -20,8 +20,9 @@ import onnx
 
 from bnfold.fold.driver import AppliedFold
 from bnfold.report import ReportMixin
+from bnfold.run.lending import detach
 from bnfold.verification.bound import LocalJudgement
-from bnfold.verification.local_chunks import PiecewiseLocalCheck
+from bnfold.verification.local_check import LocalCheck
 from bnfold.verification.local_sites import Site, SitePlanner, changed_tensors, internal_tensors
 from bnfold.verification.ref_path import ReferenceWeights
 
@@ -50,7 +51,8 @@ class FoldChecker:
 
     def __init__(self, ref_graph: onnx.GraphProto, candidate: onnx.ModelProto, applied: Sequence[AppliedFold],
                  provider: str = "cpu", external_folder: str | None = None,
-                 ref_weights: ReferenceWeights | None = None) -> None:
+                 ref_weights: ReferenceWeights | None = None, arrays: Mapping[str, np.ndarray] | None = None) -> None:
+        """*arrays*: the candidate's weights as lent to its session (shared by the local check, not read again)."""
         self.applied = list(applied)
         self._seen = False
         main = [f for f in self.applied if f.graph == "main"]
@@ -73,12 +75,13 @@ class FoldChecker:
         for fold in self.applied:  # absorbed by a later fold into the same node: proven by its site
             if fold.graph == "main" and fold.key not in self.site_of and fold.target in by_target:
                 self.site_of[fold.key] = by_target[fold.target]
-        self.local = PiecewiseLocalCheck(list(sites.values()), candidate, provider, external_folder,
-                                (ref_graph, ref_weights) if ref_weights is not None else None)
+        self.local = LocalCheck(list(sites.values()), candidate, provider, external_folder,
+                                (ref_graph, ref_weights) if ref_weights is not None else None, arrays)
 
     @property
     def capture(self) -> list[str]:
-        return self.local.capture
+        """The reference tensors the next sample must expose: none once the first sample was judged."""
+        return [] if self._seen else self.local.capture
 
     def observe(self, values: Mapping[str, np.ndarray]) -> None:
         """Each fold is judged on the first sample's activations (a fold's error does not depend on which
@@ -134,11 +137,16 @@ def failure_message(report, checks: Sequence[FoldCheck]) -> str | None:
 def verify_folds(reference, candidate_source, candidate: onnx.ModelProto, applied: Sequence[AppliedFold],
                  check: dict, external_folder: str | None) -> tuple[object, tuple[FoldCheck, ...]]:
     """Run :func:`~bnfold.verification.verifier.verify` of *candidate* against *reference* (``.source``,
-    ``.structure``) with every fold checked on its own input; (verify report, one FoldCheck per fold)."""
+    ``.structure``) with every fold checked on its own input; (verify report, one FoldCheck per fold).
+
+    An in-memory candidate is detached once here: its session and the fold checks share one copy of its weights.
+    """
     from bnfold.verification.verifier import verify
 
+    detached = detach(candidate) if candidate_source is candidate else None
     checker = FoldChecker(reference.structure.graph, candidate, applied, check.get("provider", "cpu"),
-                          external_folder, ReferenceWeights(reference.source, reference.structure))
-    report = verify(reference.source, candidate_source, structures=(reference.structure, candidate),
+                          external_folder, ReferenceWeights(reference.source, reference.structure),
+                          detached.arrays if detached is not None else None)
+    report = verify(reference.source, detached or candidate_source, structures=(reference.structure, candidate),
                     observers=[checker], **check)
     return report, tuple(checker.results())

@@ -217,26 +217,29 @@ def taken_over(ref_graph: onnx.GraphProto, cand_graph: onnx.GraphProto, changed:
 
 def window_twin(site: Site, weight: np.ndarray) -> tuple[list[onnx.NodeProto], dict[str, np.ndarray]]:
     """A cheaper bound on ``spread`` for a float32 Conv with group 1 (Cauchy-Schwarz:
-    ``sum w^2 x^2 <= max w^2 * sum x^2``): the window sums of x^2 over all input channels (a one-output-channel
-    Conv of ones), square-rooted, times each output channel's max|w|. About 1/C_out of the exact twin's work,
-    and 2-4x looser, which float32's margin (a 1 % fault is ~900x its tolerance) affords. ([], {}) where
-    it does not apply."""
+    ``sum w^2 x^2 <= max w^2 * sum x^2``): the window sums of x^2 over all input channels, square-rooted,
+    times each output channel's max|w|. The sum over channels comes first (a 1x1 Conv of ones), then the
+    window's (a one-channel Conv of ones with the layer's attributes): a one-output Conv over all channels
+    at once would unfold every window of every channel. 2-4x looser than the exact twin, which float32's
+    margin (a 1 % fault is ~900x its tolerance) affords. ([], {}) where it does not apply."""
     linear = site.linear
     attrs = {a.name: helper.get_attribute_value(a) for a in linear.attribute} if linear is not None else {}
     if linear is None or linear.op_type != "Conv" or int(attrs.get("group", 1)) != 1 or weight.ndim < 3:
         return [], {}
-    internal = {o for n in site.nodes for o in n.output if o}
-    data = linear.input[0]
-    source = local_name(data) if data in internal else data
-    out = spread_name(site.output)
-    ones, peak = f"{out}/ones", f"{out}/peak"
-    inits = {ones: np.ones((1, *weight.shape[1:]), np.float32),
-             peak: np.abs(weight.reshape(weight.shape[0], -1)).max(axis=1).astype(np.float32).reshape(
-                 (1, weight.shape[0]) + (1,) * (weight.ndim - 2))}
-    window = helper.make_node("Conv", [f"{out}/sq0", ones], [f"{out}/window"])
+    data, out = linear.input[0], spread_name(site.output)
+    internal = data in {o for n in site.nodes for o in n.output if o}
+    source = local_name(data) if internal else data  # a fed input is float32 (the caller's check): no Cast
+    spatial, rows = (1,) * (weight.ndim - 2), weight.reshape(weight.shape[0], -1)
+    inits = {f"{out}/ones": np.ones((1, weight.shape[1], *spatial), np.float32),
+             f"{out}/window_ones": np.ones((1, 1, *weight.shape[2:]), np.float32),
+             f"{out}/peak": np.maximum(rows.max(axis=1), -rows.min(axis=1)).astype(np.float32).reshape(
+                 (1, weight.shape[0], *spatial))}  # max|w| per output channel, without an |w| temporary
+    nodes = [helper.make_node("Cast", [source], [f"{out}/cast0"], to=onnx.TensorProto.FLOAT)] if internal else []
+    square = f"{out}/cast0" if internal else source
+    nodes += [helper.make_node("Mul", [square, square], [f"{out}/sq0"]),
+              helper.make_node("Conv", [f"{out}/sq0", f"{out}/ones"], [f"{out}/channels"])]
+    window = helper.make_node("Conv", [f"{out}/channels", f"{out}/window_ones"], [f"{out}/window"])
     window.attribute.extend(a for a in linear.attribute if a.name != "group")
-    nodes = [helper.make_node("Cast", [source], [f"{out}/cast0"], to=onnx.TensorProto.FLOAT),
-             helper.make_node("Mul", [f"{out}/cast0", f"{out}/cast0"], [f"{out}/sq0"]), window,
-             helper.make_node("Sqrt", [f"{out}/window"], [f"{out}/root"]),
-             helper.make_node("Mul", [f"{out}/root", peak], [out])]
+    nodes += [window, helper.make_node("Sqrt", [f"{out}/window"], [f"{out}/root"]),
+              helper.make_node("Mul", [f"{out}/root", f"{out}/peak"], [out])]
     return nodes, inits

@@ -18,8 +18,9 @@ from dataclasses import replace
 import numpy as np
 import onnx
 
+from bnfold.run.lending import DetachedModel
 from bnfold.verification.bound import LocalJudgement
-from bnfold.verification.local_chunks import PiecewiseLocalCheck
+from bnfold.verification.local_check import LocalCheck
 from bnfold.verification.local_sites import SitePlanner, changed_tensors, internal_tensors, taken_over
 from bnfold.verification.ref_path import ReferenceWeights
 from bnfold.verification.tensor_plan import TensorPlan
@@ -27,7 +28,7 @@ from bnfold.verification.verify_report import VerifyReport
 
 
 class PerLayer:
-    def __init__(self, check: PiecewiseLocalCheck, plan: TensorPlan) -> None:
+    def __init__(self, check: LocalCheck, plan: TensorPlan) -> None:
         self.check, self.tensor_plan = check, plan
         self._seen = False
 
@@ -52,7 +53,8 @@ class PerLayer:
         planner = SitePlanner(ref_model.graph, cand_model.graph, unsure)
         names = [n for n in plan.outputs if n not in plan.missing] + list(plan.extra)
         sites = [s for s in (planner.site(n) for n in names) if s is not None]
-        return cls(PiecewiseLocalCheck(sites, cand_model, provider, folder, (ref_model.graph, weights)), plan)
+        arrays = candidate_source.arrays if isinstance(candidate_source, DetachedModel) else None
+        return cls(LocalCheck(sites, cand_model, provider, folder, (ref_model.graph, weights), arrays), plan)
 
     @property
     def capture(self) -> list[str]:

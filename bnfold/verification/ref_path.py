@@ -75,6 +75,54 @@ def intermediates(path: list[onnx.NodeProto], output: str) -> list[str]:
     return [o for node in path for o in node.output if o and o != output]
 
 
+def batchnorm_inverse(path: list[onnx.NodeProto], output: str, tensor: str,
+                      weights: ReferenceWeights) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(s, shift)`` with ``tensor = output / s + shift`` per channel where *output* is an inference-mode
+    BatchNormalization of *tensor* (``(v - mean) * s + beta``) whose scales are all finite and nonzero: the
+    magnitude of *tensor* then follows from *output*'s range (:func:`inverted_peak`), and *tensor* need not be
+    captured. None otherwise."""
+    node = path[0] if path else None
+    if node is None or node.op_type != "BatchNormalization" or node.output[0] != output or node.input[0] != tensor:
+        return None
+    attrs = {a.name: a for a in node.attribute}
+    if any(o for o in node.output[1:]) or any(attrs[k].i != d for k, d in (("spatial", 1), ("training_mode", 0))
+                                                if k in attrs):
+        return None
+    params = [weights.get(n) for n in node.input[1:5]]
+    if any(p is None for p in params):
+        return None
+    gamma, beta, mean, var = (np.asarray(p, dtype=np.float64).ravel() for p in params)
+    eps = attrs["epsilon"].f if "epsilon" in attrs else 1e-5
+    with np.errstate(all="ignore"):
+        scale = gamma / np.sqrt(var + eps)
+        shift = mean - beta / scale
+    if len({gamma.size, beta.size, mean.size, var.size}) != 1 or not (np.isfinite(shift).all() and scale.all()):
+        return None
+    return scale, shift
+
+
+def inverted_peak(inverse: tuple[np.ndarray, np.ndarray], output: np.ndarray) -> np.ndarray:
+    """max|tensor| per channel from *output*'s per-channel range (``tensor = output / s + shift`` is monotonic
+    in *output*, so its extremes sit at *output*'s); non-finite values count as 0. In float64: the captured
+    tensor's own magnitude up to rounding (``u |beta / s|`` at most, far below the tolerance's ``u |beta|`` term)."""
+    scale, shift = inverse
+    if output.size == 0:
+        return np.zeros(scale.size)
+    low, high = _range(output, scale.size)
+    if not (np.isfinite(low).all() and np.isfinite(high).all()):  # min and max propagate NaN and inf
+        low, high = _range(np.where(np.isfinite(output), output, 0), scale.size)
+    peak = np.maximum(np.abs(low / scale + shift), np.abs(high / scale + shift))
+    return peak if output.ndim >= 2 and output.shape[1] == scale.size else np.asarray([peak.max()])
+
+
+def _range(value: np.ndarray, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """(min, max) per channel on axis 1, in float64; over the whole tensor where axis 1 isn't *channels*."""
+    if value.ndim >= 2 and value.shape[1] == channels:
+        axes = (0, *range(2, value.ndim))
+        return value.min(axis=axes).astype(np.float64), value.max(axis=axes).astype(np.float64)
+    return np.asarray(value.min(), dtype=np.float64), np.asarray(value.max(), dtype=np.float64)
+
+
 def carried(path: list[onnx.NodeProto], tensor: str, magnitude: np.ndarray, output: str,
             weights: ReferenceWeights) -> np.ndarray:
     """*magnitude* (max|tensor| per channel) carried through the path's nodes to *output*: a per-channel

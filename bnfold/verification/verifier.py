@@ -32,6 +32,7 @@ import onnx
 from bnfold.errors import ShapeGuessError, UsageError
 from bnfold.io.external_data import has_external_data
 from bnfold.run.inputs import InputSpec, make_feeds
+from bnfold.run.lending import detach
 from bnfold.run.sessions import ModelSource, create_session, load_graph, one_line
 from bnfold.verification.compare import Tolerance, WorstCase, compare_arrays
 from bnfold.verification.noise import rejudge_with_floor
@@ -53,6 +54,7 @@ __all__ = ["DEFAULT_TOLERANCES", "EXACT", "VerifyReport", "verify"]
 class Observer(Protocol):
     @property
     def capture(self) -> list[str]: ...  # read-only: PerLayer and FoldChecker expose it as a property
+    # (read before every sample: once every observer's is empty, later samples run without the captures)
 
     def observe(self, values: Mapping[str, np.ndarray]) -> None: ...
 
@@ -118,12 +120,15 @@ def verify(
 
 def _structure(source: ModelSource, known: onnx.ModelProto | None) -> tuple[ModelSource, onnx.ModelProto]:
     """(what to run, its structure). A file holding its weights inline is parsed whole to read the structure;
-    that parsed model is then what runs (its weights lent to onnxruntime), not the file read a second time."""
+    that parsed model is then what runs (its weights lent to onnxruntime), not the file read a second time.
+    A model in memory is detached here, once: its session and the per-layer checks share its arrays."""
     if known is not None:
         return source, known
     model = load_graph(source)
     if isinstance(source, (str, os.PathLike, bytes, bytearray)) and not has_external_data(model):
-        return model, model
+        return detach(model) or model, model
+    if isinstance(source, onnx.ModelProto):
+        return detach(source) or source, model
     return source, model
 
 
@@ -144,11 +149,12 @@ def _run_samples(feeds, specs, plan: TensorPlan, sessions, capture: list[str], o
     cand_names = [n for n in plan.outputs if n not in plan.missing] + plan.extra
     finite = 0
     for index, feed in enumerate(feeds):
-        ref_values = _run_reference(ref_session, plan.names + capture, feed, specs)
+        captured = capture if any(o.capture for o in observers) else []  # [] once each has seen what it needs
+        ref_values = _run_reference(ref_session, plan.names + captured, feed, specs)
         finite += finite_count(ref_values, plan.outputs)
         for observer in observers:
             observer.observe({**feed, **ref_values})
-        for name in capture:
+        for name in captured:
             del ref_values[name]
         try:
             cand_arrays = cand_session.run(cand_names, feed) if cand_names else []  # [] would mean "all"
