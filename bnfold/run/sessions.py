@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import onnx
@@ -68,14 +68,8 @@ def create_session(
     threads: int | None = None,
     extra_outputs: Sequence[str] = (),
     graph: onnx.ModelProto | None = None,
-    arena: bool = False,
 ) -> ort.InferenceSession:
     """An ``InferenceSession`` for *model*, optionally exposing intermediate tensors as outputs.
-
-    *arena*: keep onnxruntime's CPU memory arena. Off by default: a session that runs a few times (what
-    verification does) would otherwise hold its largest run's intermediates until it is closed, one arena
-    per session alive (on the 90 MB ResNet-50, verified optimize peaks at 838 MiB with arenas, 742 without,
-    and runs no slower). Benchmarks keep it, as deployments do.
 
     *graph*: the model's structure when the caller has parsed it already (``load_graph``); with bytes or a
     path, extra outputs are then added without parsing or re-serialising the model (see ``_with_outputs``).
@@ -89,9 +83,9 @@ def create_session(
     if isinstance(model, onnx.ModelProto):
         model = detach(model) or model
     if isinstance(model, DetachedModel):
-        session = _lent_session(model, extra, lambda: session_options(opt_level, threads, arena=arena), providers)
+        session = _lent_session(model, extra, opt_level, threads, providers)
     else:
-        options = session_options(opt_level, threads, arena=arena)
+        options = session_options(opt_level, threads)
         session = _new_session(_payload(model, extra, options, graph), options, providers)
     if providers[0] not in session.get_providers():
         raise RuntimeUnavailableError(
@@ -109,12 +103,12 @@ def _new_session(payload: str | bytes, options: ort.SessionOptions,
         raise ModelLoadError(f"onnxruntime cannot load the model: {one_line(exc)}") from None
 
 
-def _lent_session(model: DetachedModel, extra: tuple[str, ...], new_options: Callable[[], ort.SessionOptions],
+def _lent_session(model: DetachedModel, extra: tuple[str, ...], opt_level: str, threads: int | None,
                   providers: tuple[str, ...]) -> ort.InferenceSession:
     """A session that reads the model's large weights from its arrays (see :mod:`bnfold.run.lending`); where
     onnxruntime refuses that, one from the whole model serialised (its own error, if any, is raised)."""
     payload = _serialise_with_outputs(model.structure, extra)
-    options = new_options()
+    options = session_options(opt_level, threads)
     with tempfile.TemporaryDirectory(prefix="bnfold-lent-") as folder:
         values = lend(model, folder, options)
         try:
@@ -122,7 +116,8 @@ def _lent_session(model: DetachedModel, extra: tuple[str, ...], new_options: Cal
         except Exception:  # onnxruntime's pybind11 errors: retried below, where a real one is reported
             session = None
     if session is None:
-        return _new_session(_serialise_with_outputs(attach(model), extra), new_options(), providers)
+        options = session_options(opt_level, threads)
+        return _new_session(_serialise_with_outputs(attach(model), extra), options, providers)
     session._bnfold_lent_values = values  # onnxruntime reads these buffers: keep them as long as the session
     return session
 
@@ -144,7 +139,7 @@ def providers_for(provider: str) -> tuple[str, ...]:
     return wanted
 
 
-def session_options(opt_level: str, threads: int | None, *, arena: bool = True) -> ort.SessionOptions:
+def session_options(opt_level: str, threads: int | None) -> ort.SessionOptions:
     if opt_level not in OPT_LEVELS:
         raise UsageError(f"unknown optimisation level {opt_level!r}; choose one of: {', '.join(OPT_LEVELS)}")
     options = ort.SessionOptions()
@@ -152,7 +147,6 @@ def session_options(opt_level: str, threads: int | None, *, arena: bool = True) 
     options.log_severity_level = 3  # errors only: warnings about unused initializers are noise here
     # no busy-waiting between runs: verification interleaves numpy work with inference on few cores
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.enable_cpu_mem_arena = arena
     if threads is not None:
         if threads < 1:
             raise UsageError(f"threads must be >= 1, got {threads}")

@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 
 from bnfold.errors import ModelLoadError, RuntimeUnavailableError, UsageError
-from bnfold.run.sessions import PROVIDERS, available_providers, create_session, load_graph, session_options
+from bnfold.run.sessions import PROVIDERS, available_providers, create_session, load_graph
 from tests.builders import GraphBuilder
 
 
@@ -114,13 +114,3 @@ def test_a_proto_still_reading_external_data_is_refused_with_the_way_out(model, 
     with pytest.raises(UsageError, match="pass the model's path"):
         create_session(lazy)
     assert create_session(tmp_path / "m.onnx").run(None, FEED)[0].shape == (2, 4, 4, 4)
-
-
-@pytest.mark.parametrize("source", ["proto", "path"])
-def test_verification_sessions_release_their_arena_and_benchmarks_keep_it(model, tmp_path, source):
-    """Each session alive would otherwise hold its largest run's intermediates until closed."""
-    onnx.save(model, tmp_path / "m.onnx")
-    src = model if source == "proto" else tmp_path / "m.onnx"
-    assert create_session(src).get_session_options().enable_cpu_mem_arena is False
-    assert create_session(src, arena=True).get_session_options().enable_cpu_mem_arena is True
-    assert session_options("all", None).enable_cpu_mem_arena is True
