@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import onnx
@@ -68,8 +68,14 @@ def create_session(
     threads: int | None = None,
     extra_outputs: Sequence[str] = (),
     graph: onnx.ModelProto | None = None,
+    arena: bool = True,
 ) -> ort.InferenceSession:
     """An ``InferenceSession`` for *model*, optionally exposing intermediate tensors as outputs.
+
+    *arena*: keep onnxruntime's CPU memory arena (a session then holds its largest run's buffers until it is
+    closed). ``verify --per-layer`` turns it off for its two models, whose runs return every compared tensor:
+    on the 90 MB ResNet-50 that peaks 65 MiB lower (660 vs 725 MiB) and runs no slower; verified optimize keeps
+    it (off saved 14-18 MiB there and cost ~7 %).
 
     *graph*: the model's structure when the caller has parsed it already (``load_graph``); with bytes or a
     path, extra outputs are then added without parsing or re-serialising the model (see ``_with_outputs``).
@@ -83,9 +89,9 @@ def create_session(
     if isinstance(model, onnx.ModelProto):
         model = detach(model) or model
     if isinstance(model, DetachedModel):
-        session = _lent_session(model, extra, opt_level, threads, providers)
+        session = _lent_session(model, extra, lambda: session_options(opt_level, threads, arena=arena), providers)
     else:
-        options = session_options(opt_level, threads)
+        options = session_options(opt_level, threads, arena=arena)
         session = _new_session(_payload(model, extra, options, graph), options, providers)
     if providers[0] not in session.get_providers():
         raise RuntimeUnavailableError(
@@ -103,12 +109,12 @@ def _new_session(payload: str | bytes, options: ort.SessionOptions,
         raise ModelLoadError(f"onnxruntime cannot load the model: {one_line(exc)}") from None
 
 
-def _lent_session(model: DetachedModel, extra: tuple[str, ...], opt_level: str, threads: int | None,
+def _lent_session(model: DetachedModel, extra: tuple[str, ...], new_options: Callable[[], ort.SessionOptions],
                   providers: tuple[str, ...]) -> ort.InferenceSession:
     """A session that reads the model's large weights from its arrays (see :mod:`bnfold.run.lending`); where
     onnxruntime refuses that, one from the whole model serialised (its own error, if any, is raised)."""
     payload = _serialise_with_outputs(model.structure, extra)
-    options = session_options(opt_level, threads)
+    options = new_options()
     with tempfile.TemporaryDirectory(prefix="bnfold-lent-") as folder:
         values = lend(model, folder, options)
         try:
@@ -116,8 +122,7 @@ def _lent_session(model: DetachedModel, extra: tuple[str, ...], opt_level: str, 
         except Exception:  # onnxruntime's pybind11 errors: retried below, where a real one is reported
             session = None
     if session is None:
-        options = session_options(opt_level, threads)
-        return _new_session(_serialise_with_outputs(attach(model), extra), options, providers)
+        return _new_session(_serialise_with_outputs(attach(model), extra), new_options(), providers)
     session._bnfold_lent_values = values  # onnxruntime reads these buffers: keep them as long as the session
     return session
 
@@ -139,7 +144,7 @@ def providers_for(provider: str) -> tuple[str, ...]:
     return wanted
 
 
-def session_options(opt_level: str, threads: int | None) -> ort.SessionOptions:
+def session_options(opt_level: str, threads: int | None, *, arena: bool = True) -> ort.SessionOptions:
     if opt_level not in OPT_LEVELS:
         raise UsageError(f"unknown optimisation level {opt_level!r}; choose one of: {', '.join(OPT_LEVELS)}")
     options = ort.SessionOptions()
@@ -147,6 +152,7 @@ def session_options(opt_level: str, threads: int | None) -> ort.SessionOptions:
     options.log_severity_level = 3  # errors only: warnings about unused initializers are noise here
     # no busy-waiting between runs: verification interleaves numpy work with inference on few cores
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.enable_cpu_mem_arena = arena
     if threads is not None:
         if threads < 1:
             raise UsageError(f"threads must be >= 1, got {threads}")

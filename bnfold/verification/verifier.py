@@ -102,8 +102,10 @@ def verify(
     feed_names = set(feeds[0]) if feeds else set()
     capture = [n for n in dict.fromkeys(c for o in observers for c in o.capture)
                if n not in set(ref_names) and n not in feed_names]
-    ref_session = create_session(reference, provider=provider, extra_outputs=plan.extra + capture, graph=ref_model)
-    cand_session = create_session(candidate, provider=provider, extra_outputs=plan.extra, graph=cand_model)
+    ref_session = create_session(reference, provider=provider, extra_outputs=plan.extra + capture, graph=ref_model,
+                                 arena=not per_layer)
+    cand_session = create_session(candidate, provider=provider, extra_outputs=plan.extra, graph=cand_model,
+                                  arena=not per_layer)
     arithmetic = output_arithmetic(ref_model.graph, plan.names)
     trackers: dict[str, WorstCase] = {}
     notes = list(plan.notes)
@@ -142,30 +144,50 @@ def _run_reference(session, names: list[str], feed: dict[str, np.ndarray],
 
 def _run_samples(feeds, specs, plan: TensorPlan, sessions, capture: list[str], observers, trackers, notes: list[str],
                  judging) -> int:
-    """Run both models on every feed, hand the reference's values to the observers, compare; one sample's
-    tensors alive at a time. Returns how many finite reference output values were seen."""
+    """Run both models on every feed, hand the reference's values to the observers, compare; at most one
+    model's worth of tensors alive at a time: per-layer tensors are shared out over the samples (sample i
+    compares share i, see ``_shares``). Returns how many finite reference output values were seen."""
     ref_session, cand_session = sessions
     asked, arithmetic = judging
-    cand_names = [n for n in plan.outputs if n not in plan.missing] + plan.extra
+    deciding = [n for n in plan.names if n not in plan.per_layer]
+    shares: list[list[str]] = [[n for n in plan.names if n in plan.per_layer]]
     finite = 0
     for index, feed in enumerate(feeds):
         captured = capture if any(o.capture for o in observers) else []  # [] once each has seen what it needs
-        ref_values = _run_reference(ref_session, plan.names + captured, feed, specs)
+        share = shares[index] if index < len(shares) else []
+        ref_values = _run_reference(ref_session, deciding + share + captured, feed, specs)
         finite += finite_count(ref_values, plan.outputs)
         for observer in observers:
             observer.observe({**feed, **ref_values})
-        for name in captured:
+        if index == 0 and len(feeds) > 1 and share:
+            shares = _shares(share, ref_values, len(feeds))
+            notes.append(f"{len(share)} intermediate tensors compared on one sample each ({len(feeds)} shares by "
+                         "size, so that one model's worth of them is alive), the outputs on every sample")
+        names = deciding + (shares[index] if index < len(shares) else [])
+        for name in set(ref_values) - set(names):
             del ref_values[name]
+        cand_names = [n for n in names if n not in plan.missing]
         try:
             cand_arrays = cand_session.run(cand_names, feed) if cand_names else []  # [] would mean "all"
         except Exception as exc:  # onnxruntime's pybind11 errors
             notes.append(f"candidate failed to run: {one_line(exc)}")
-            _fail_all(trackers, ref_values, plan, f"candidate failed to run: {one_line(exc)}")
+            _fail_all(trackers, ref_values, names, plan, f"candidate failed to run: {one_line(exc)}")
             break
         cand_values = dict(zip(cand_names, cand_arrays, strict=True))
-        _compare_sample(index, trackers, ref_values, cand_values, plan, asked, arithmetic)
+        _compare_sample(index, trackers, ref_values, cand_values, names, plan, (asked, arithmetic))
         del ref_values, cand_values, cand_arrays
     return finite
+
+
+def _shares(names: list[str], values: Mapping[str, np.ndarray], count: int) -> list[list[str]]:
+    """*names* in order, cut into *count* runs of about equal bytes (the first sample's values)."""
+    sizes = [int(np.asarray(values[n]).nbytes) for n in names]
+    shares: list[list[str]] = [[] for _ in range(count)]
+    total, held = max(1, sum(sizes)), 0
+    for name, size in zip(names, sizes, strict=True):
+        shares[min(count - 1, held * count // total)].append(name)
+        held += size
+    return shares
 
 
 def _tolerance(name: str, dtype: np.dtype, asked: tuple[float | None, float | None], arithmetic) -> Tolerance:
@@ -177,8 +199,9 @@ def _is_float(array: np.ndarray) -> bool:
 
 
 def _compare_sample(index: int, trackers: dict[str, WorstCase], ref: dict[str, np.ndarray],
-                    cand: dict[str, np.ndarray], plan: TensorPlan, asked, arithmetic) -> None:
-    for name in plan.names:
+                    cand: dict[str, np.ndarray], names: Sequence[str], plan: TensorPlan, judging) -> None:
+    asked, arithmetic = judging
+    for name in names:
         r = ref[name]
         tracker = _tracker(trackers, name, r, plan, asked, arithmetic)
         if tracker is None or tracker.note is not None:
@@ -224,8 +247,9 @@ def _tracker(trackers: dict[str, WorstCase], name: str, r: np.ndarray, plan: Ten
     return trackers[name]
 
 
-def _fail_all(trackers: dict[str, WorstCase], ref: dict[str, np.ndarray], plan: TensorPlan, note: str) -> None:
-    for name in plan.names:
+def _fail_all(trackers: dict[str, WorstCase], ref: dict[str, np.ndarray], names: Sequence[str], plan: TensorPlan,
+              note: str) -> None:
+    for name in names:
         tracker = _tracker(trackers, name, ref[name], plan, (None, None), {})
         if tracker is not None:
             tracker.note = tracker.note or note

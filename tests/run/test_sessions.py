@@ -114,3 +114,12 @@ def test_a_proto_still_reading_external_data_is_refused_with_the_way_out(model, 
     with pytest.raises(UsageError, match="pass the model's path"):
         create_session(lazy)
     assert create_session(tmp_path / "m.onnx").run(None, FEED)[0].shape == (2, 4, 4, 4)
+
+
+@pytest.mark.parametrize("source", ["proto", "path"])
+def test_arena_is_kept_unless_asked_off(model, tmp_path, source):
+    onnx.save(model, tmp_path / "m.onnx")
+    src = model if source == "proto" else tmp_path / "m.onnx"
+    assert create_session(src).get_session_options().enable_cpu_mem_arena is True
+    off = create_session(src, arena=False)
+    assert off.get_session_options().enable_cpu_mem_arena is False and off.run(None, FEED)[0].shape == (2, 4, 4, 4)

@@ -10,6 +10,7 @@ from bnfold import optimize
 from bnfold.verification.verifier import verify
 from tests.builders import GraphBuilder
 from tests.verification import mutants as M
+from tests.verification.deep_models import bn_names, deep_chain, hand_fold_faulty
 
 
 def conv_bn_conv_bn(seed: int = 0) -> onnx.ModelProto:
@@ -86,3 +87,25 @@ def test_drift_alone_passes_and_names_no_divergence():
     assert {t.name: t.verdict for t in report.tensors} == {"branch": "drift", "relu": "drift"}
     assert report.first_divergence is None
     assert any("'branch'" in note and "end to end" in note for note in report.notes)
+
+
+def test_per_layer_tensors_are_shared_out_over_the_samples_outputs_are_not():
+    """At most one model's worth alive: sample i compares the i-th share of the intermediate tensors."""
+    model = deep_chain(8)
+    folded = optimize(model, verify=False).model
+    two = verify(model, folded, per_layer=True, samples=2)
+    elements = {t.name: int(np.prod(t.shape)) for t in two.outputs + two.tensors}
+    assert all(o.compared == 2 * elements[o.name] for o in two.outputs)
+    assert len(two.tensors) > 4 and all(t.compared == elements[t.name] for t in two.tensors)
+    assert any("compared on one sample each" in note for note in two.notes)
+    one = verify(model, folded, per_layer=True, samples=1)
+    assert {t.name for t in one.tensors} == {t.name for t in two.tensors}
+    assert not any("one sample each" in note for note in one.notes)
+
+
+def test_fault_is_named_whichever_sample_compares_its_tensor():
+    model = deep_chain(8)
+    for anchor in (bn_names(model)[0], bn_names(model)[-1]):
+        report = verify(model, hand_fold_faulty(model, anchor, "scale_1pct"), per_layer=True, samples=3)
+        tensor = next(n.output[0] for n in model.graph.node if n.name == anchor)
+        assert not report.passed and report.first_divergence["tensor"] == tensor
