@@ -84,7 +84,7 @@ class PerLayer:
         failing = [c.name for c in outputs + tensors if c.verdict == "fail"]
         if not failing:  # drift alone decides nothing: a passing verdict names no divergence
             first = report.first_divergence if not report.passed else None
-            notes = report.notes + _unlocalised(outputs + tensors, local)
+            notes = report.notes + _unlocalised(tensors + outputs, local)  # tensors in node order first
             return replace(report, outputs=outputs, tensors=tensors, first_divergence=first, notes=notes)
         return replace(report, outputs=outputs, tensors=tensors, passed=False,
                        first_divergence=self.tensor_plan.first_divergence(failing, cand_graph))
