@@ -27,6 +27,7 @@ from bnfold.fold.skeleton import skeleton
 from bnfold.io.atomic import scratch_folder
 from bnfold.io.external_data import has_external_data
 from bnfold.io.lazy_data import DataFolder
+from bnfold.io.signals import deferred_signals
 from bnfold.provenance import add_provenance, strip_provenance
 from bnfold.report import SCHEMA_VERSION, ReportMixin
 from bnfold.run.lending import detach
@@ -263,7 +264,7 @@ def _verify_and_revert(model, outcome: FoldOutcome, refold, reference: Reference
     """Verify every fold on its own input and the outputs end to end; revert the failing folds in ONE pass
     (re-fold once without all of them, check once more)."""
     with contextlib.ExitStack() as stack:
-        scratch = functools.cache(lambda: stack.enter_context(scratch_folder("bnfold-verify-")))
+        scratch = functools.cache(lambda: _enter_scratch(stack))
         from bnfold.verification.fold_checks import folds_to_revert
 
         try:
@@ -277,6 +278,13 @@ def _verify_and_revert(model, outcome: FoldOutcome, refold, reference: Reference
         except ShapeGuessError as exc:  # our guessed shapes; a user's bad --input-shape still raises
             return _Checked(model, outcome, None, VerificationSummary("not_verified", str(exc)), ())
         return _checked(model, outcome, report, checks, reverted)
+
+
+def _enter_scratch(stack: contextlib.ExitStack) -> str:
+    """A scratch folder whose removal *stack* owns: a signal between its creation and that registration
+    would leave it behind, so it waits until both are done."""
+    with deferred_signals():
+        return stack.enter_context(scratch_folder("bnfold-verify-"))
 
 
 def _check(model, outcome: FoldOutcome, reference: Reference, check: dict, data: DataFolder | None, scratch):

@@ -127,7 +127,8 @@ def staged(destination: Path) -> Iterator[_Stage]:
 
 @contextmanager
 def scratch_folder(prefix: str) -> Iterator[str]:
-    """A temporary folder, removed on exit; a signal landing right as it is created can't leave it behind."""
+    """A temporary folder, removed on exit; a signal landing right as it is created or removed can't leave it
+    behind (it takes effect once the folder is gone)."""
     folder = None
     try:
         with deferred_signals():
@@ -135,7 +136,8 @@ def scratch_folder(prefix: str) -> Iterator[str]:
         yield folder.name
     finally:
         if folder is not None:
-            folder.cleanup()
+            with deferred_signals():  # a signal landing mid-removal would leave the folder half removed
+                folder.cleanup()
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
