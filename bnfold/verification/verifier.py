@@ -150,20 +150,23 @@ def _run_samples(feeds, specs, plan: TensorPlan, sessions, capture: list[str], o
     ref_session, cand_session = sessions
     asked, arithmetic = judging
     deciding = [n for n in plan.names if n not in plan.per_layer]
-    shares: list[list[str]] = [[n for n in plan.names if n in plan.per_layer]]
+    layers = [n for n in plan.names if n in plan.per_layer]
+    shares: list[list[str]] = []
     finite = 0
     for index, feed in enumerate(feeds):
         captured = capture if any(o.capture for o in observers) else []  # [] once each has seen what it needs
-        share = shares[index] if index < len(shares) else []
-        ref_values = _run_reference(ref_session, deciding + share + captured, feed, specs)
+        # the first sample exposes every per-layer tensor (the local checks read them), later ones their share
+        ref_values = _run_reference(ref_session, deciding + (shares[index] if shares else layers) + captured,
+                                    feed, specs)
         finite += finite_count(ref_values, plan.outputs)
         for observer in observers:
             observer.observe({**feed, **ref_values})
-        if index == 0 and len(feeds) > 1 and share:
-            shares = _shares(share, ref_values, len(feeds))
-            notes.append(f"{len(share)} intermediate tensors compared on one sample each ({len(feeds)} shares by "
-                         "size, so that one model's worth of them is alive), the outputs on every sample")
-        names = deciding + (shares[index] if index < len(shares) else [])
+        if not shares:
+            shares = _shares(layers, ref_values, len(feeds))
+            if len(feeds) > 1 and layers:
+                notes.append(f"{len(layers)} intermediate tensors compared on one sample each ({len(feeds)} shares "
+                             "by size, so that one model's worth of them is alive), the outputs on every sample")
+        names = deciding + shares[index]
         for name in set(ref_values) - set(names):
             del ref_values[name]
         cand_names = [n for n in names if n not in plan.missing]
