@@ -20,7 +20,7 @@ from onnx import numpy_helper
 from bnfold.io.external_data import expected_nbytes
 from bnfold.run.lending import LEND_MIN_BYTES
 from bnfold.run.local_eval import LocalNodes, LocalSession, local_name
-from bnfold.verification.bound import Arithmetic, LocalJudgement, channel_max, judge
+from bnfold.verification.bound import Arithmetic, LocalJudgement, judge
 from bnfold.verification.local_sites import (
     Site,
     bias_of,
@@ -37,6 +37,7 @@ from bnfold.verification.ref_path import (
     batchnorm_inverse,
     carried,
     constant_terms,
+    finite_range,
     intermediates,
     inverted_peak,
     reference_path,
@@ -76,15 +77,15 @@ class LocalCheck:
         self.sites = list(sites)
         self._weights: Mapping[str, np.ndarray] = arrays if arrays is not None else {}
         self.paths: dict[str, list[onnx.NodeProto]] = {}
-        self.inverse: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
         if reference is not None:
             graph, self.ref_weights = reference
             producer = {o: n for n in graph.node for o in n.output if o}
             inits = {t.name for t in graph.initializer} | set(constant_tensors(graph))
             self.paths = {s.output: reference_path(producer, s.output, s.fed, inits) for s in self.sites}
         # intermediates whose magnitude follows from the site's output (a BatchNormalization's input): not captured
-        self.inverse = {(out, t): inv for out, path in self.paths.items() for t in intermediates(path, out)
-                        if (inv := batchnorm_inverse(path, out, t, self.ref_weights)) is not None}
+        self.inverse: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {
+            (out, t): inv for out, path in self.paths.items() for t in intermediates(path, out)
+            if (inv := batchnorm_inverse(path, out, t, self.ref_weights)) is not None}
         self.candidate, self.provider, self.folder = candidate, provider, external_folder
         self.worst: dict[str, _Worst] = {s.output: _Worst() for s in self.sites}
 
@@ -258,15 +259,10 @@ def _grouped(sites: list[Site], values: Mapping[str, np.ndarray]) -> list[list[S
 
 
 def _peak(value: np.ndarray) -> np.ndarray:
-    """max|value| per channel (axis 1; one value below rank 2), non-finite values counted as 0: from the
-    channel's max and min, without an |value| temporary of the tensor's size unless a value is not finite."""
-    axes = (0, *range(2, value.ndim)) if value.ndim >= 2 else None
-    with np.errstate(invalid="ignore"):
-        peak = np.maximum(value.max(axis=axes), -value.min(axis=axes))
-    if not np.isfinite(peak).all():
-        magnitude = np.abs(np.where(np.isfinite(value), value, 0.0))
-        peak = channel_max(magnitude) if magnitude.ndim >= 2 else magnitude.max()
-    return np.asarray(peak, dtype=np.float64).ravel()
+    """max|value| per channel (axis 1; one value below rank 2), non-finite values counted as 0, from the
+    channel's range (no |value| temporary of the tensor's size)."""
+    low, high = finite_range(value, value.shape[1] if value.ndim >= 2 else 1)
+    return np.maximum(high, -low).ravel()
 
 
 def _fits(term: np.ndarray | float | None, shape: tuple[int, ...]) -> bool:

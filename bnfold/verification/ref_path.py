@@ -108,15 +108,21 @@ def inverted_peak(inverse: tuple[np.ndarray, np.ndarray], output: np.ndarray) ->
     scale, shift = inverse
     if output.size == 0:
         return np.zeros(scale.size)
-    low, high = _range(output, scale.size)
-    if not (np.isfinite(low).all() and np.isfinite(high).all()):  # min and max propagate NaN and inf
-        low, high = _range(np.where(np.isfinite(output), output, 0), scale.size)
+    low, high = finite_range(output, scale.size)
     peak = np.maximum(np.abs(low / scale + shift), np.abs(high / scale + shift))
     return peak if output.ndim >= 2 and output.shape[1] == scale.size else np.asarray([peak.max()])
 
 
+def finite_range(value: np.ndarray, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """(min, max) per channel on axis 1, in float64, non-finite values counted as 0; over the whole tensor
+    where axis 1 isn't *channels*."""
+    low, high = _range(value, channels)
+    if not (np.isfinite(low).all() and np.isfinite(high).all()):  # min and max propagate NaN and inf
+        low, high = _range(np.where(np.isfinite(value), value, 0), channels)
+    return low, high
+
+
 def _range(value: np.ndarray, channels: int) -> tuple[np.ndarray, np.ndarray]:
-    """(min, max) per channel on axis 1, in float64; over the whole tensor where axis 1 isn't *channels*."""
     if value.ndim >= 2 and value.shape[1] == channels:
         axes = (0, *range(2, value.ndim))
         return value.min(axis=axes).astype(np.float64), value.max(axis=axes).astype(np.float64)
