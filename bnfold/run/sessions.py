@@ -16,13 +16,13 @@ levels, thread counts and error messages are the same everywhere. Two promises k
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import onnx
 
 from bnfold.errors import ModelLoadError, RuntimeUnavailableError, UsageError
+from bnfold.io.atomic import scratch_folder
 from bnfold.io.signals import deferred_signals
 from bnfold.run.lending import EXTERNAL_FOLDER_KEY, DetachedModel, attach, detach, lend
 
@@ -115,7 +115,7 @@ def _lent_session(model: DetachedModel, extra: tuple[str, ...], new_options: Cal
     onnxruntime refuses that, one from the whole model serialised (its own error, if any, is raised)."""
     payload = _serialise_with_outputs(model.structure, extra)
     options = new_options()
-    with tempfile.TemporaryDirectory(prefix="bnfold-lent-") as folder:
+    with scratch_folder("bnfold-lent-") as folder:  # a signal can't leave it behind, made or removed
         values = lend(model, folder, options)
         try:
             session = ort.InferenceSession(payload, options, providers=list(providers))
