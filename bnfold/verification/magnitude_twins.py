@@ -39,15 +39,16 @@ def magnitude_twin(site: Site, float_inputs: set[str]) -> list[onnx.NodeProto]:
     if node.output[0] != site.output:
         return []
     out = magnitude_name(site.output)
-    if node.op_type == "BatchNormalization":
-        return _batchnorm_twin(node, out) if node.input[0] in float_inputs and node.input[0] in site.fed else []
-    if node.op_type in RELATIVE_TWIN:
-        return _relative_twin(node, out) if node.input[0] in float_inputs and node.input[0] in site.fed else []
+    rounded = {name for name in node.input if name in float_inputs and name in site.fed}
+    if node.op_type == "BatchNormalization" or node.op_type in RELATIVE_TWIN:  # twins of the data input alone
+        if node.input[0] not in rounded:
+            return []
+        return (_batchnorm_twin if node.op_type == "BatchNormalization" else _relative_twin)(node, out)
     if node.op_type not in SAME_OP_TWIN | GAIN_ONE:
         return []
     nodes, inputs = [], []
     for i, name in enumerate(node.input):
-        if name in float_inputs and name in site.fed:
+        if name in rounded:
             nodes.append(helper.make_node("Abs", [name], [f"{out}/abs{i}"]))
             inputs.append(f"{out}/abs{i}")
         else:
