@@ -39,7 +39,7 @@ try:  # the imports take seconds (onnx, numpy): a Ctrl-C here must not print a t
     from bnfold.cli.verify import verify_command
     from bnfold.cli.version import version_option
     from bnfold.errors import BnfoldError, ExitCode
-    from bnfold.io.signals import SignalGuard
+    from bnfold.io.signals import SignalGuard, ignore_termination_signals
 except KeyboardInterrupt:
     _interrupted_exit()
 if _STARTUP_SIGTERM is signal.SIG_DFL:
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="bnfold", standalone_mode=True)
     except SystemExit:
-        _ignore_late_signals()
+        ignore_termination_signals()  # the run is over: a signal now could only cut its shutdown short
         if _STATE["interrupted"]:  # cleaned up already; an import cut short may leave native state unsafe
             sys.stdout.flush()     # to finalise, so leave without running it
             sys.stderr.flush()
@@ -119,13 +119,5 @@ def main(argv: list[str] | None = None) -> None:
         raise
     except KeyboardInterrupt as exc:  # outside the group's guard (option parsing): nothing written yet
         _interrupted_exit(getattr(exc, "signum", signal.SIGINT))
-    _ignore_late_signals()
+    ignore_termination_signals()
     sys.exit(0)
-
-
-def _ignore_late_signals() -> None:
-    """The run is over and its files are written: a signal now could only interrupt the interpreter's
-    shutdown, which resets Python's handlers first, so the process would die silently (exit -2, no line).
-    Ignored signals stay ignored through shutdown, so the run's own exit code stands."""
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, signal.SIG_IGN)

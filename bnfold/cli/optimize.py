@@ -79,7 +79,7 @@ def optimize_command(source: Path, output: Path | None, json_path: Path | None, 
         raise click.UsageError("--shard splits a folder of models; SOURCE is one file")
     writes = [] if check else [resolve_target(source, output, in_place)]
     prepare_json(json_path, reads=[source], writes=writes, inputs=inputs)  # before the model is written
-    outcome = optimize_file(source, output, settings)
+    outcome = optimize_file(source, output, settings, last=True)
     _finish(outcome, json_path, quiet=quiet, verbose=verbose, check=check)
 
 

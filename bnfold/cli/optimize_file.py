@@ -93,12 +93,17 @@ def _data_files(model_path: Path) -> set[Path]:
         model, model_path.absolute().parent, require_files=False)}
 
 
-def optimize_file(source: Path, output: Path | None, settings: OptimizeSettings) -> FileOutcome:
-    """Process one model; never raises for model problems: they become the outcome's exit code."""
+def optimize_file(source: Path, output: Path | None, settings: OptimizeSettings, *,
+                  last: bool = False) -> FileOutcome:
+    """Process one model; never raises for model problems: they become the outcome's exit code.
+
+    *last*: this model is all the run writes, so once its file is in place SIGINT/SIGTERM are ignored until the
+    command's signal guard exits (a late signal can't make a finished run report "interrupted").
+    """
     started = time.perf_counter()
     outcome = FileOutcome(source=str(source), target=None, exit_code=int(ExitCode.OK))
     try:
-        _run(source, output, settings, outcome)
+        _run(source, output, settings, outcome, last)
     except VerificationFailed as exc:
         outcome.exit_code, outcome.message, outcome.report = int(exc.exit_code), str(exc), exc.report
     except BnfoldError as exc:
@@ -107,7 +112,8 @@ def optimize_file(source: Path, output: Path | None, settings: OptimizeSettings)
     return outcome
 
 
-def _run(source: Path, output: Path | None, settings: OptimizeSettings, outcome: FileOutcome) -> None:
+def _run(source: Path, output: Path | None, settings: OptimizeSettings, outcome: FileOutcome,
+         last: bool = False) -> None:
     from bnfold.cli.input_shapes import resolve_shapes
     from bnfold.io import model_file as io
     from bnfold.optimizer import optimize
@@ -135,7 +141,10 @@ def _run(source: Path, output: Path | None, settings: OptimizeSettings, outcome:
     if target != source and result.source_external_data:
         _refuse_clobbering_input_data(source, target)
     old_data = _data_files(source) if target == source and result.source_external_data else set()
-    _write(source, target, result, outcome, settings.external_data)
+    if last:
+        _write_to_the_end(source, target, result, outcome, settings.external_data)
+    else:
+        _write(source, target, result, outcome, settings.external_data)
     left = sorted(old_data - _data_files(target)) if old_data else []
     if left:  # --in-place writes <model>.data: a data file under another name would stay behind unseen
         now = f"now in {target.name}.data" if _data_files(target) else "now inside it"
@@ -143,6 +152,36 @@ def _run(source: Path, output: Path | None, settings: OptimizeSettings, outcome:
                            f"{now}); delete it unless another model reads it")
     if result.report.verification.status == "failed":  # only reachable with --force
         outcome.message = "written despite failed verification (--force)"
+
+
+def _write_to_the_end(source: Path, target: Path, result, outcome: FileOutcome, choice: bool | None) -> None:
+    """``_write``, after which the run can no longer be interrupted: a signal that lands once the new file
+    has been renamed into place (inside the write's last steps, or just after them) is too late to stop
+    anything, so it is dropped and the run ends as it would have a moment later, instead of reporting
+    "interrupted" over a file it did replace."""
+    from bnfold.io.model_file import sync_folder
+    from bnfold.io.signals import ignore_termination_signals
+
+    before = _identity(target)
+    try:
+        _write(source, target, result, outcome, choice)
+        ignore_termination_signals()
+    except KeyboardInterrupt:
+        if _identity(target) in (None, before):  # the new file never arrived: the interrupt stands
+            raise
+        ignore_termination_signals()
+        sync_folder(target.parent)  # the step the interrupt cut short
+        outcome.target = str(target)
+        outcome.size_after = os.path.getsize(target)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """Which file *path* is (device, inode): a rename into place gives it a new one."""
+    try:
+        status = path.stat()
+    except FileNotFoundError:
+        return None
+    return status.st_dev, status.st_ino
 
 
 def _write(source: Path, target: Path, result, outcome: FileOutcome, choice: bool | None = None) -> None:

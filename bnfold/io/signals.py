@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
-__all__ = ["SignalGuard", "SignalTerminated", "deferred_signals"]
+__all__ = ["SignalGuard", "SignalTerminated", "deferred_signals", "ignore_termination_signals"]
 
 _DEFERRED = (signal.SIGINT, signal.SIGTERM)
 
@@ -107,3 +107,11 @@ def _block() -> set | None:
 def _unblock(previous: set | None) -> None:
     if previous is not None:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def ignore_termination_signals() -> None:
+    """Ignore SIGINT and SIGTERM from now on: for a run whose result is in place, where a signal could only cut
+    the reporting short, or the interpreter's shutdown (which resets Python's handlers first, so the process
+    would die silently). A ``SignalGuard`` still restores its previous handlers when it exits."""
+    for signum in _DEFERRED:
+        signal.signal(signum, signal.SIG_IGN)
