@@ -122,7 +122,8 @@ def staged(destination: Path) -> Iterator[_Stage]:
         raise _write_error(destination, exc) from None
     finally:
         if stage is not None:
-            stage.discard()
+            with deferred_signals():  # a signal between closing the temporary and removing it would leave it
+                stage.discard()
 
 
 @contextmanager
