@@ -12,15 +12,6 @@ from bnfold.io import model_file as io
 from bnfold.io.writeback import WritebackFile
 
 
-@pytest.fixture
-def sigterm_recorded():
-    """A recording SIGTERM handler under the guard, so a guard that failed fails the test, not pytest."""
-    received: list[int] = []
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
-    yield received
-    signal.signal(signal.SIGTERM, previous)
-
-
 def test_a_sigterm_between_closing_the_temporary_and_removing_it_still_removes_it(
         tmp_path: Path, monkeypatch, sigterm_recorded) -> None:
     target = tmp_path / "m.onnx"

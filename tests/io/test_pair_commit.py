@@ -58,15 +58,6 @@ def worker_thread():
     thread.join()
 
 
-@pytest.fixture
-def sigterm_recorded():
-    """Should the guard fail, the signal is recorded instead of killing pytest."""
-    received: list[int] = []
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
-    yield received
-    signal.signal(signal.SIGTERM, previous)
-
-
 @pytest.mark.parametrize("after", ["link", "replace-1", "replace-2"])
 def test_sigterm_inside_the_pair_commit_never_mixes_generations(generations, worker_thread, sigterm_recorded,
                                                                  monkeypatch, after):
