@@ -60,7 +60,8 @@ class _Group(click.Group):
     """Turns library errors into one ``Error: ...`` line and the documented exit code."""
 
     def invoke(self, ctx: click.Context):  # noqa: D102
-        guard = SignalGuard((signal.SIGINT, signal.SIGTERM))
+        # run as the process (main): once the command is over, signals are ignored until it exits
+        guard = SignalGuard((signal.SIGINT, signal.SIGTERM), then_ignore=_STATE["own_process"])
         with guard:
             try:
                 return super().invoke(ctx)
@@ -83,7 +84,7 @@ class _Group(click.Group):
                 ctx.exit(int(ExitCode.MODEL_ERROR))
 
 
-_STATE = {"interrupted": False}
+_STATE = {"interrupted": False, "own_process": False}
 
 
 def _report_interrupt(ctx: click.Context, signum: int) -> None:
@@ -108,6 +109,7 @@ for _command in COMMANDS:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
+    _STATE["own_process"] = True
     try:
         cli.main(args=argv, prog_name="bnfold", standalone_mode=True)
     except SystemExit:

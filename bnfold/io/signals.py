@@ -40,11 +40,14 @@ class SignalGuard:
     holds the last signal seen, so a caller can tell an error caused by an interrupt (an import cut short
     turns into ImportError, say) from a real one. Installed only in the main thread (the only place Python
     allows handlers); a signal the process ignores stays ignored. The previous handlers are restored on exit
-    (SIG_DFL where the old one was installed outside Python).
+    (SIG_DFL where the old one was installed outside Python); with ``then_ignore`` the signals are ignored
+    from then on instead (for a process whose work ends with the guard: no gap where a late signal could
+    still interrupt what is left).
     """
 
-    def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM,)) -> None:
+    def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM,), *, then_ignore: bool = False) -> None:
         self._signals = signals
+        self._then_ignore = then_ignore  # on exit, ignore the signals instead of restoring the old handlers
         self._previous: dict[int, Callable[[int, FrameType | None], Any] | int | signal.Handlers | None] = {}
         self.received: int | None = None
 
@@ -59,6 +62,8 @@ class SignalGuard:
 
     def __exit__(self, *exc_info: object) -> None:
         for signum, previous in self._previous.items():
+            if self._then_ignore:
+                previous = signal.SIG_IGN
             signal.signal(signum, signal.SIG_DFL if previous is None else previous)
         self._previous.clear()
 
