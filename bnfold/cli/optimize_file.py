@@ -141,10 +141,9 @@ def _run(source: Path, output: Path | None, settings: OptimizeSettings, outcome:
     if target != source and result.source_external_data:
         _refuse_clobbering_input_data(source, target)
     old_data = _data_files(source) if target == source and result.source_external_data else set()
-    if last:
-        _write_to_the_end(source, target, result, outcome, settings.external_data)
-    else:
-        _write(source, target, result, outcome, settings.external_data)
+    (_write_to_the_end if last else _write)(source, target, result, settings.external_data)
+    outcome.target = str(target)  # only once written: a failed write reports "(nothing written)"
+    outcome.size_after = os.path.getsize(target)
     left = sorted(old_data - _data_files(target)) if old_data else []
     if left:  # --in-place writes <model>.data: a data file under another name would stay behind unseen
         now = f"now in {target.name}.data" if _data_files(target) else "now inside it"
@@ -154,7 +153,7 @@ def _run(source: Path, output: Path | None, settings: OptimizeSettings, outcome:
         outcome.message = "written despite failed verification (--force)"
 
 
-def _write_to_the_end(source: Path, target: Path, result, outcome: FileOutcome, choice: bool | None) -> None:
+def _write_to_the_end(source: Path, target: Path, result, choice: bool | None) -> None:
     """``_write``, after which the run can no longer be interrupted: a signal that lands once the new file
     has been renamed into place (inside the write's last steps, or just after them) is too late to stop
     anything, so it is dropped and the run ends as it would have a moment later, instead of reporting
@@ -164,15 +163,13 @@ def _write_to_the_end(source: Path, target: Path, result, outcome: FileOutcome, 
 
     before = _identity(target)
     try:
-        _write(source, target, result, outcome, choice)
+        _write(source, target, result, choice)
         ignore_termination_signals()
     except KeyboardInterrupt:
         if _identity(target) in (None, before):  # the new file never arrived: the interrupt stands
             raise
         ignore_termination_signals()
         sync_folder(target.parent)  # the step the interrupt cut short
-        outcome.target = str(target)
-        outcome.size_after = os.path.getsize(target)
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
@@ -184,7 +181,7 @@ def _identity(path: Path) -> tuple[int, int] | None:
     return status.st_dev, status.st_ino
 
 
-def _write(source: Path, target: Path, result, outcome: FileOutcome, choice: bool | None = None) -> None:
+def _write(source: Path, target: Path, result, choice: bool | None = None) -> None:
     """Write the result; *choice* is --save-as-external-data (None: the automatic rule, external data
     where the input had it)."""
     from bnfold.io import model_file as io
@@ -203,8 +200,6 @@ def _write(source: Path, target: Path, result, outcome: FileOutcome, choice: boo
             folder = None
         # streamed piece by piece: faster than writing one big bytes object
         io.save_model(result.model, target, external_data=layout, source_folder=folder)
-    outcome.target = str(target)  # only once written: a failed write reports "(nothing written)"
-    outcome.size_after = os.path.getsize(target)
 
 
 def _load_remaining_weights(model, folder: Path) -> None:

@@ -62,9 +62,8 @@ class SignalGuard:
 
     def __exit__(self, *exc_info: object) -> None:
         for signum, previous in self._previous.items():
-            if self._then_ignore:
-                previous = signal.SIG_IGN
-            signal.signal(signum, signal.SIG_DFL if previous is None else previous)
+            restored = signal.SIG_IGN if self._then_ignore else signal.SIG_DFL if previous is None else previous
+            signal.signal(signum, restored)
         self._previous.clear()
 
     def _raise(self, signum: int, frame: FrameType | None) -> None:
@@ -117,6 +116,7 @@ def _unblock(previous: set | None) -> None:
 def ignore_termination_signals() -> None:
     """Ignore SIGINT and SIGTERM from now on: for a run whose result is in place, where a signal could only cut
     the reporting short, or the interpreter's shutdown (which resets Python's handlers first, so the process
-    would die silently). A ``SignalGuard`` still restores its previous handlers when it exits."""
+    would die silently). An enclosing ``SignalGuard`` still restores its previous handlers when it exits,
+    unless made with ``then_ignore``."""
     for signum in _DEFERRED:
         signal.signal(signum, signal.SIG_IGN)
